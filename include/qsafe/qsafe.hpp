@@ -1,0 +1,11 @@
+#pragma once
+/// \file
+/// Umbrella header for qsafe's host (CPU) API. Never includes CUDA headers; the CUDA backend lives in
+/// `qsafe/cuda/` and is included by `.cu` translation units only.
+
+#include "qsafe/eigen.hpp"
+#include "qsafe/execution.hpp"
+#include "qsafe/matrix_view.hpp"
+#include "qsafe/softmax.hpp"
+#include "qsafe/softmax_variant.hpp"
+#include "qsafe/version.hpp"
