@@ -57,8 +57,10 @@ void store(T* p, index_t n, const batch<T>& v) {
 }
 
 // Calls body(offset, count, std::bool_constant<tail>) over [0, n): full batches, then one partial batch.
+// Forced inline: otherwise the accumulators the body captures by reference live in memory (measured 2.5x
+// slower).
 template <class T, class Body>
-void for_each_batch(index_t n, Body&& body) {
+[[gnu::always_inline]] inline void for_each_batch(index_t n, Body&& body) {
   constexpr index_t width = static_cast<index_t>(batch<T>::size);
   index_t j = 0;
   for (; j + width <= n; j += width) body(j, width, std::false_type{});

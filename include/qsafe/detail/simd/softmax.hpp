@@ -8,6 +8,7 @@
 #include <xsimd/xsimd.hpp>
 
 #include "qsafe/detail/simd/batch_io.hpp"
+#include "qsafe/detail/simd/exp.hpp"
 #include "qsafe/softmax_variant.hpp"
 
 namespace qsafe::detail::simd {
@@ -19,20 +20,19 @@ batch<T> clip01(const batch<T>& v) {
   return xsimd::select(v < zero, zero, xsimd::select(v > one, one, v));
 }
 
+// Max over the valid keys, and whether any of them is NaN (max drops NaN, so it is tracked on the side).
 template <class T>
-T row_max(const T* x, index_t length) {
+T row_max(const T* x, index_t length, bool& any_nan) {
   constexpr T ninf = -std::numeric_limits<T>::infinity();
   batch<T> m(ninf);
+  xsimd::batch_bool<T> nan(false);
   for_each_batch<T>(length, [&](index_t j, index_t n, auto tail) {
-    m = xsimd::max(m, load<decltype(tail)::value>(x + j, n, ninf));
+    const batch<T> v = load<decltype(tail)::value>(x + j, n, ninf);
+    m = xsimd::max(m, v);
+    nan = nan || xsimd::isnan(v);
   });
+  any_nan = xsimd::any(nan);
   return reduce_max(m);
-}
-
-// A row whose max is -inf is fully masked unless a NaN hid among the -inf (then the row is NaN).
-template <class T>
-bool has_nan(const T* x, index_t length) {
-  return std::any_of(x, x + length, [](T v) { return std::isnan(v); });
 }
 
 template <class T>
@@ -47,7 +47,7 @@ T exp_and_sum(const T* x, index_t length, T m, T* e) {
   batch<T> sum(T(0));
   for_each_batch<T>(length, [&](index_t j, index_t n, auto tail) {
     constexpr bool is_tail = decltype(tail)::value;
-    const batch<T> ej = xsimd::exp(load<is_tail>(x + j, n, -std::numeric_limits<T>::infinity()) - shift);
+    const batch<T> ej = exp_nonpositive(load<is_tail>(x + j, n, -std::numeric_limits<T>::infinity()) - shift);
     store<is_tail>(e + j, n, ej);
     sum += ej;
   });
@@ -61,8 +61,9 @@ template <class Variant, class T>
 T row_shift(const T* x, index_t length) {
   constexpr T ninf = -std::numeric_limits<T>::infinity();
   if (length == 0) return ninf;
-  T m = row_max(x, length);
-  if (m == ninf) return has_nan(x, length) ? std::numeric_limits<T>::quiet_NaN() : ninf;
+  bool any_nan = false;
+  T m = row_max(x, length, any_nan);
+  if (any_nan) return std::numeric_limits<T>::quiet_NaN();
   if constexpr (Variant::off_by_one) m = std::max(m, T(0));
   return m;
 }
@@ -96,7 +97,8 @@ void forward_row(const Variant& variant, index_t length, index_t cols, const T* 
 
 // g = (zeta - gamma)·[0 <= v <= 1]·dy, the gradient reaching p through the (clipped) affine map.
 template <class Variant, class T>
-batch<T> upstream_gradient(const batch<T>& scale, const batch<T>& shift, const batch<T>& p, const batch<T>& dy) {
+batch<T> upstream_gradient(const batch<T>& scale, const batch<T>& shift, const batch<T>& p,
+                           const batch<T>& dy) {
   if constexpr (Variant::clips) {
     const batch<T> v = xsimd::fma(scale, p, shift);
     return xsimd::select((v >= T(0)) && (v <= T(1)), scale * dy, batch<T>(T(0)));
@@ -107,7 +109,8 @@ batch<T> upstream_gradient(const batch<T>& scale, const batch<T>& shift, const b
 
 // dx = p (g - sum_k p_k g_k), with p read from `p` times `p_factor` (1, or 1/sum when p holds exp(x - m)).
 template <class Variant, class T>
-void backward_row(const Variant& variant, index_t length, index_t cols, const T* p, T p_factor, const T* dy, T* dx) {
+void backward_row(const Variant& variant, index_t length, index_t cols, const T* p, T p_factor, const T* dy,
+                  T* dx) {
   const clip_affine a = variant.affine_for(length);
   const batch<T> scale(static_cast<T>(a.scale)), shift(static_cast<T>(a.shift)), factor(p_factor);
   batch<T> dot(T(0));
@@ -127,14 +130,15 @@ void backward_row(const Variant& variant, index_t length, index_t cols, const T*
 }
 
 template <class Variant, class T>
-void backward_from_probabilities_row(const Variant& variant, index_t length, index_t cols, const T* p, const T* dy,
-                                     T* dx) {
+void backward_from_probabilities_row(const Variant& variant, index_t length, index_t cols, const T* p,
+                                     const T* dy, T* dx) {
   backward_row(variant, length, cols, p, T(1), dy, dx);
 }
 
 // Recomputes p from the scores into dx (so each exp is evaluated once), then runs the backward in place.
 template <class Variant, class T>
-void backward_from_scores_row(const Variant& variant, index_t length, index_t cols, const T* x, const T* dy, T* dx) {
+void backward_from_scores_row(const Variant& variant, index_t length, index_t cols, const T* x, const T* dy,
+                              T* dx) {
   const T m = row_shift<Variant>(x, length);
   if (!(m > -std::numeric_limits<T>::infinity())) {
     fill_row(dx, 0, length, std::isnan(m) ? m : T(0));
@@ -157,12 +161,13 @@ void softmax_forward_row(simd_t, const Variant& v, index_t length, index_t cols,
   simd::forward_row(v, length, cols, x, y, p);
 }
 template <class Variant, class T>
-void softmax_backward_row(simd_t, const Variant& v, index_t length, index_t cols, const T* p, const T* dy, T* dx) {
+void softmax_backward_row(simd_t, const Variant& v, index_t length, index_t cols, const T* p, const T* dy,
+                          T* dx) {
   simd::backward_from_probabilities_row(v, length, cols, p, dy, dx);
 }
 template <class Variant, class T>
-void softmax_backward_from_scores_row(simd_t, const Variant& v, index_t length, index_t cols, const T* x, const T* dy,
-                                      T* dx) {
+void softmax_backward_from_scores_row(simd_t, const Variant& v, index_t length, index_t cols, const T* x,
+                                      const T* dy, T* dx) {
   simd::backward_from_scores_row(v, length, cols, x, dy, dx);
 }
 
