@@ -36,6 +36,12 @@ T reduce_max(const batch<T>& v) {
   return m;
 }
 
+// A hint to bring the cache line holding p into L1; never faults, even past the end of an allocation.
+template <class T>
+void prefetch(const T* p) {
+  __builtin_prefetch(p, 0, 3);
+}
+
 template <bool Tail, class T>
 batch<T> load(const T* p, index_t n, T fill) {
   if constexpr (Tail) {
@@ -57,8 +63,7 @@ void store(T* p, index_t n, const batch<T>& v) {
 }
 
 // Calls body(offset, count, std::bool_constant<tail>) over [0, n): full batches, then one partial batch.
-// Forced inline: otherwise the accumulators the body captures by reference live in memory (measured 2.5x
-// slower).
+// Forced inline: otherwise the accumulators the body captures by reference live in memory (measured 2.5x slower).
 template <class T, class Body>
 [[gnu::always_inline]] inline void for_each_batch(index_t n, Body&& body) {
   constexpr index_t width = static_cast<index_t>(batch<T>::size);
