@@ -29,8 +29,7 @@ constexpr index_t elements = index_t{1} << 24;
 
 struct tensors {
   std::vector<float> x, y, p, dy, dx;
-  explicit tensors(index_t n)
-      : x(static_cast<std::size_t>(n)), y(x.size()), p(x.size()), dy(x.size()), dx(x.size()) {
+  explicit tensors(index_t n) : x(static_cast<std::size_t>(n)), y(x.size()), p(x.size()), dy(x.size()), dx(x.size()) {
     std::mt19937 engine(42);
     std::normal_distribution<float> normal(0.0f, 3.0f);
     for (auto& v : x) v = normal(engine);
@@ -48,8 +47,8 @@ void set_counters(benchmark::State& state, int tensor_count) {
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * elements);
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * elements * tensor_count *
                           static_cast<int64_t>(sizeof(float)));
-  state.counters["ns_per_element"] = benchmark::Counter(
-      n * static_cast<double>(state.iterations()), benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+  state.counters["ns_per_element"] = benchmark::Counter(n * static_cast<double>(state.iterations()),
+                                                        benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
 }
 
 const qsafe::vanilla_softmax vanilla;
@@ -74,8 +73,7 @@ void backward(benchmark::State& state, Policy policy, Variant variant) {
   auto& t = shared_tensors();
   const index_t cols = state.range(0), rows = elements / cols;
   const qsafe::matrix_view<const float> x(t.x.data(), rows, cols), dy(t.dy.data(), rows, cols);
-  qsafe::softmax_forward(qsafe::simd, variant, qsafe::full_rows{}, x,
-                         qsafe::matrix_view<float>(t.y.data(), rows, cols),
+  qsafe::softmax_forward(qsafe::simd, variant, qsafe::full_rows{}, x, qsafe::matrix_view<float>(t.y.data(), rows, cols),
                          qsafe::matrix_view<float>(t.p.data(), rows, cols));
   const qsafe::matrix_view<const float> p(t.p.data(), rows, cols);
   for (auto _ : state) {
@@ -91,8 +89,7 @@ using row_array = Eigen::Array<float, 1, Eigen::Dynamic>;
 void eigen_forward(benchmark::State& state, double zeta, double gamma, bool clip) {
   auto& t = shared_tensors();
   const index_t cols = state.range(0), rows = elements / cols;
-  Eigen::Map<const Eigen::Array<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> x(t.x.data(), rows,
-                                                                                           cols);
+  Eigen::Map<const Eigen::Array<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> x(t.x.data(), rows, cols);
   Eigen::Map<Eigen::Array<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> y(t.y.data(), rows, cols);
   const auto scale = static_cast<float>(zeta - gamma), shift = static_cast<float>(gamma);
   for (auto _ : state) {
@@ -111,8 +108,7 @@ void eigen_backward(benchmark::State& state, double zeta, double gamma, bool cli
   const index_t cols = state.range(0), rows = elements / cols;
   using map = Eigen::Map<const Eigen::Array<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
   map p(t.p.data(), rows, cols), dy(t.dy.data(), rows, cols);
-  Eigen::Map<Eigen::Array<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> dx(t.dx.data(), rows,
-                                                                                      cols);
+  Eigen::Map<Eigen::Array<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> dx(t.dx.data(), rows, cols);
   const auto scale = static_cast<float>(zeta - gamma), shift = static_cast<float>(gamma);
   row_array g(cols);
   for (auto _ : state) {

@@ -22,8 +22,7 @@ inline xsimd::batch<float> exp_nonpositive(const xsimd::batch<float>& x) {
   const batch magic(12582912.0f);  // 1.5·2^23: adding it rounds to an integer kept in the low mantissa bits
   const batch t = xsimd::fma(x, batch(1.44269504088896341f), magic);
   const batch n = t - magic;
-  batch r =
-      xsimd::fnma(n, batch(0.693359375f), x);  // x - n·ln2 in two parts, exactly representable high part
+  batch r = xsimd::fnma(n, batch(0.693359375f), x);  // x - n·ln2 in two parts, exactly representable high part
   r = xsimd::fnma(n, batch(-2.12194440e-4f), r);
   batch p(1.9875691500e-4f);
   p = xsimd::fma(p, r, batch(1.3981999507e-3f));

@@ -100,8 +100,7 @@ void forward_row(const Variant& variant, index_t length, index_t cols, const T* 
 
 // g = (zeta - gamma)·[0 <= v <= 1]·dy, the gradient reaching p through the (clipped) affine map.
 template <class Variant, class T>
-batch<T> upstream_gradient(const batch<T>& scale, const batch<T>& shift, const batch<T>& p,
-                           const batch<T>& dy) {
+batch<T> upstream_gradient(const batch<T>& scale, const batch<T>& shift, const batch<T>& p, const batch<T>& dy) {
   if constexpr (Variant::clips) {
     const batch<T> v = xsimd::fma(scale, p, shift);
     return xsimd::select((v >= T(0)) && (v <= T(1)), scale * dy, batch<T>(T(0)));
@@ -113,8 +112,7 @@ batch<T> upstream_gradient(const batch<T>& scale, const batch<T>& shift, const b
 // dx = p (g - sum_k p_k g_k), with p read from `p` times `p_factor` (1, or 1/sum when p holds exp(x - m)). The
 // first pass prefetches the next rows of p and dy (as exp_and_sum does).
 template <class Variant, class T>
-void backward_row(const Variant& variant, index_t length, index_t cols, const T* p, T p_factor, const T* dy,
-                  T* dx) {
+void backward_row(const Variant& variant, index_t length, index_t cols, const T* p, T p_factor, const T* dy, T* dx) {
   const clip_affine a = variant.affine_for(length);
   const batch<T> scale(static_cast<T>(a.scale)), shift(static_cast<T>(a.shift)), factor(p_factor);
   batch<T> dot(T(0));
@@ -136,15 +134,14 @@ void backward_row(const Variant& variant, index_t length, index_t cols, const T*
 }
 
 template <class Variant, class T>
-void backward_from_probabilities_row(const Variant& variant, index_t length, index_t cols, const T* p,
-                                     const T* dy, T* dx) {
+void backward_from_probabilities_row(const Variant& variant, index_t length, index_t cols, const T* p, const T* dy,
+                                     T* dx) {
   backward_row(variant, length, cols, p, T(1), dy, dx);
 }
 
 // Recomputes p from the scores into dx (so each exp is evaluated once), then runs the backward in place.
 template <class Variant, class T>
-void backward_from_scores_row(const Variant& variant, index_t length, index_t cols, const T* x, const T* dy,
-                              T* dx) {
+void backward_from_scores_row(const Variant& variant, index_t length, index_t cols, const T* x, const T* dy, T* dx) {
   const T m = row_shift<Variant>(x, length);
   if (!(m > -std::numeric_limits<T>::infinity())) {
     fill_row(dx, 0, length, std::isnan(m) ? m : T(0));
@@ -167,13 +164,12 @@ void softmax_forward_row(simd_t, const Variant& v, index_t length, index_t cols,
   simd::forward_row(v, length, cols, x, y, p);
 }
 template <class Variant, class T>
-void softmax_backward_row(simd_t, const Variant& v, index_t length, index_t cols, const T* p, const T* dy,
-                          T* dx) {
+void softmax_backward_row(simd_t, const Variant& v, index_t length, index_t cols, const T* p, const T* dy, T* dx) {
   simd::backward_from_probabilities_row(v, length, cols, p, dy, dx);
 }
 template <class Variant, class T>
-void softmax_backward_from_scores_row(simd_t, const Variant& v, index_t length, index_t cols, const T* x,
-                                      const T* dy, T* dx) {
+void softmax_backward_from_scores_row(simd_t, const Variant& v, index_t length, index_t cols, const T* x, const T* dy,
+                                      T* dx) {
   simd::backward_from_scores_row(v, length, cols, x, dy, dx);
 }
 
