@@ -14,9 +14,9 @@ namespace qsafe {
 namespace detail {
 template <class Derived>
 concept eigen_direct = requires(Derived& d) {
-  { d.data() };
-  { d.outerStride() };
-  { d.innerStride() };
+  {d.data()};
+  {d.outerStride()};
+  {d.innerStride()};
 };
 }  // namespace detail
 
@@ -24,8 +24,7 @@ concept eigen_direct = requires(Derived& d) {
 /// block, ...); temporaries such as `Eigen::Map<...>(ptr, r, c)` are accepted too. A const object gives a view of
 /// const elements.
 template <class Derived, class D = std::remove_cvref_t<Derived>>
-  requires detail::eigen_direct<D> && (bool(D::IsRowMajor) || D::RowsAtCompileTime == 1)
-auto view(Derived&& m) {
+requires detail::eigen_direct<D> &&(bool(D::IsRowMajor) || D::RowsAtCompileTime == 1) auto view(Derived&& m) {
   using T = std::remove_pointer_t<decltype(m.data())>;
   if (m.innerStride() != 1) {
     throw std::invalid_argument("qsafe::view: argument 'm' must have unit inner stride");

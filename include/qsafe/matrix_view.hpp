@@ -27,8 +27,8 @@ struct matrix_view {
 
   /// A view of mutable elements converts to a view of const elements.
   template <class U>
-    requires(std::is_const_v<T> && std::is_same_v<std::remove_const_t<T>, U>)
-  constexpr matrix_view(const matrix_view<U>& other)  // NOLINT(google-explicit-constructor)
+  requires(std::is_const_v<T>&& std::is_same_v<std::remove_const_t<T>, U>) constexpr matrix_view(
+      const matrix_view<U>& other)  // NOLINT(google-explicit-constructor)
       : matrix_view(other.data, other.rows, other.cols, other.row_stride) {}
 
   constexpr T* row(index_t r) const { return data + r * row_stride; }
@@ -43,8 +43,8 @@ template <class T>
 matrix_view<T> view(std::span<T> elements, index_t cols) {
   if (cols <= 0 || static_cast<index_t>(elements.size()) % cols != 0) {
     throw std::invalid_argument("qsafe::view: argument 'cols' (" + std::to_string(cols) +
-                                ") must be positive and divide the span's size (" +
-                                std::to_string(elements.size()) + ")");
+                                ") must be positive and divide the span's size (" + std::to_string(elements.size()) +
+                                ")");
   }
   return {elements.data(), static_cast<index_t>(elements.size()) / cols, cols};
 }

@@ -24,8 +24,8 @@ bool mask_is_ambiguous(const reference_params& v, const P* p, index_t length, re
   for (index_t j = 0; j < length; ++j) {
     if (p[j] == 0 || p[j] == 1) continue;
     const real affine = (v.zeta - v.gamma) * static_cast<real>(p[j]) + v.gamma;
-    const real slack = 4 * (std::fabs(v.zeta - v.gamma) * static_cast<real>(p[j]) * (p_error + eps) +
-                            eps * std::fabs(v.gamma));
+    const real slack =
+        4 * (std::fabs(v.zeta - v.gamma) * static_cast<real>(p[j]) * (p_error + eps) + eps * std::fabs(v.gamma));
     if (std::fabs(affine) <= slack || std::fabs(affine - 1) <= slack) return true;
   }
   return false;
@@ -131,8 +131,8 @@ TEMPLATE_TEST_CASE("backward from scores matches the long-double reference", "[s
             ++rows_checked;
             const std::vector<real> want = reference_backward(params, ref.p.data(), dy.view.row(r), length, s.cols);
             for (index_t c = 0; c < s.cols; ++c) {
-              const real tol = 3 * p_error * ref.p[c] * (std::fabs(a * dy(r, c)) + magnitude) +
-                               16 * std::numeric_limits<T>::min();
+              const real tol =
+                  3 * p_error * ref.p[c] * (std::fabs(a * dy(r, c)) + magnitude) + 16 * std::numeric_limits<T>::min();
               INFO("row " << r << " length " << length << " col " << c);
               if (c >= length) {
                 REQUIRE(dx(r, c) == 0);

@@ -32,7 +32,8 @@ auto run_row(const Variant& variant, std::vector<typename Config::element> x, co
                   matrix_view<T>(out.p.data(), 1, cols));
   softmax_backward(Config::policy, variant, mode, matrix_view<const T>(out.p.data(), 1, cols), dyv,
                    matrix_view<T>(out.dx_from_p.data(), 1, cols));
-  softmax_backward_from_scores(Config::policy, variant, mode, xv, dyv, matrix_view<T>(out.dx_from_scores.data(), 1, cols));
+  softmax_backward_from_scores(Config::policy, variant, mode, xv, dyv,
+                               matrix_view<T>(out.dx_from_scores.data(), 1, cols));
   return out;
 }
 

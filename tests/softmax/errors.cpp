@@ -29,18 +29,20 @@ TEST_CASE("shape and pointer errors name the argument and write nothing", "[soft
                     Contains("'y'") && Contains("shape"));
   CHECK_THROWS_WITH(softmax_forward(cpu, vanilla_softmax{}, full_rows{}, matrix_view<const float>(nullptr, 3, 4), b.yv),
                     Contains("'x'") && Contains("null"));
-  CHECK_THROWS_WITH(softmax_forward(simd, vanilla_softmax{}, full_rows{}, matrix_view<const float>(b.x.data(), 3, 4, 2),
-                                    b.yv),
-                    Contains("'x'") && Contains("row_stride"));
-  CHECK_THROWS_WITH(softmax_forward(simd, vanilla_softmax{}, full_rows{}, b.xv, b.yv, matrix_view<float>(b.dx.data(), 3, 3)),
-                    Contains("'probabilities'"));
-  CHECK_THROWS_WITH(softmax_backward(simd, vanilla_softmax{}, full_rows{}, b.xv, matrix_view<const float>(b.x.data(), 2, 4),
-                                     b.dxv),
-                    Contains("'dy'"));
+  CHECK_THROWS_WITH(
+      softmax_forward(simd, vanilla_softmax{}, full_rows{}, matrix_view<const float>(b.x.data(), 3, 4, 2), b.yv),
+      Contains("'x'") && Contains("row_stride"));
+  CHECK_THROWS_WITH(
+      softmax_forward(simd, vanilla_softmax{}, full_rows{}, b.xv, b.yv, matrix_view<float>(b.dx.data(), 3, 3)),
+      Contains("'probabilities'"));
+  CHECK_THROWS_WITH(
+      softmax_backward(simd, vanilla_softmax{}, full_rows{}, b.xv, matrix_view<const float>(b.x.data(), 2, 4), b.dxv),
+      Contains("'dy'"));
   CHECK_THROWS_WITH(softmax_backward_from_scores(simd, vanilla_softmax{}, full_rows{}, b.xv, b.yv, b.yv),
                     Contains("'dx'") && Contains("alias"));
-  CHECK_THROWS_WITH(softmax_forward(simd, vanilla_softmax{}, full_rows{}, matrix_view<const float>(b.x.data(), -1, 4), b.yv),
-                    Contains("'x'") && Contains("negative"));
+  CHECK_THROWS_WITH(
+      softmax_forward(simd, vanilla_softmax{}, full_rows{}, matrix_view<const float>(b.x.data(), -1, 4), b.yv),
+      Contains("'x'") && Contains("negative"));
   CHECK(b.untouched());
   // An empty matrix is fine, null or not.
   CHECK_NOTHROW(softmax_forward(simd, vanilla_softmax{}, full_rows{}, matrix_view<const float>(nullptr, 0, 4),
@@ -58,8 +60,10 @@ TEST_CASE("length errors name the argument and write nothing", "[softmax][errors
                     Contains("lengths.lengths") && Contains("2 entries"));
   CHECK_THROWS_WITH(softmax_forward(simd, vanilla_softmax{}, padded_rows{too_long, 0}, b.xv, b.yv),
                     Contains("rows_per_length"));
-  CHECK_THROWS_WITH(softmax_forward(simd, vanilla_softmax{}, causal_rows{2, 0}, b.xv, b.yv), Contains("lengths.queries"));
-  CHECK_THROWS_WITH(softmax_forward(simd, vanilla_softmax{}, causal_rows{0, -3}, b.xv, b.yv), Contains("lengths.offset"));
+  CHECK_THROWS_WITH(softmax_forward(simd, vanilla_softmax{}, causal_rows{2, 0}, b.xv, b.yv),
+                    Contains("lengths.queries"));
+  CHECK_THROWS_WITH(softmax_forward(simd, vanilla_softmax{}, causal_rows{0, -3}, b.xv, b.yv),
+                    Contains("lengths.offset"));
   CHECK_THROWS_WITH(softmax_backward(simd, vanilla_softmax{}, causal_padded_rows{3, 0, too_long, 1}, b.xv, b.xv, b.dxv),
                     Contains("lengths.lengths"));
   CHECK(b.untouched());
@@ -72,7 +76,8 @@ TEST_CASE("parameter errors name the argument and write nothing", "[softmax][err
                     Contains("variant.zeta"));
   CHECK_THROWS_WITH(softmax_forward(simd, clipped_softmax{1.0, 0.1}, full_rows{}, b.xv, b.yv),
                     Contains("variant.gamma"));
-  CHECK_THROWS_WITH(softmax_forward(cpu, clipped_softmax{1.0, nan}, full_rows{}, b.xv, b.yv), Contains("variant.gamma"));
+  CHECK_THROWS_WITH(softmax_forward(cpu, clipped_softmax{1.0, nan}, full_rows{}, b.xv, b.yv),
+                    Contains("variant.gamma"));
   CHECK_THROWS_WITH(softmax_backward(simd, normalized_clipped_softmax{0.5, 0.9}, full_rows{}, b.xv, b.xv, b.dxv),
                     Contains("variant.zeta"));
   CHECK_THROWS_WITH(softmax_forward(simd, normalized_clipped_softmax{1.0, nan}, full_rows{}, b.xv, b.yv),

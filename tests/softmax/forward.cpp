@@ -77,8 +77,8 @@ TEMPLATE_TEST_CASE("forward matches the long-double reference for every variant,
                 all_within = false;
               }
               if (save_p && c < length) {
-                const real p_tol = ref.p[c] * p_tolerance<T>(x(r, c) - ref.shift, length) +
-                                   16 * std::numeric_limits<T>::min();
+                const real p_tol =
+                    ref.p[c] * p_tolerance<T>(x(r, c) - ref.shift, length) + 16 * std::numeric_limits<T>::min();
                 all_within = all_within && std::fabs(p(r, c) - ref.p[c]) <= p_tol;
               }
               if (save_p && c >= length) all_within = all_within && p(r, c) == 0;

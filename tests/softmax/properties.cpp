@@ -44,7 +44,8 @@ TEMPLATE_TEST_CASE("NCS row sum before clipping equals beta for every length >= 
   // plus L roundings of terms of size <= |gamma| + p_j.
   const auto tolerance = [](real scale, real shift, index_t length) {
     const real eps = std::numeric_limits<T>::epsilon();
-    return eps * ((8 + static_cast<real>(length) / 8) * std::fabs(scale) + static_cast<real>(length) * std::fabs(shift) + 1);
+    return eps *
+           ((8 + static_cast<real>(length) / 8) * std::fabs(scale) + static_cast<real>(length) * std::fabs(shift) + 1);
   };
   softmax_forward(TestType::policy, ncs, padded_rows{lengths}, xv, yv, pv);
   for (index_t r = 0; r < rows; ++r) {
@@ -58,7 +59,8 @@ TEMPLATE_TEST_CASE("NCS row sum before clipping equals beta for every length >= 
     const index_t length = lengths[static_cast<std::size_t>(r)];
     const real want = cs.zeta + static_cast<real>(length - 1) * cs.gamma;
     INFO("L = " << length);
-    REQUIRE(std::fabs(unclipped_row_sum(cs, pv.row(r), length) - want) <= tolerance(cs.zeta - cs.gamma, cs.gamma, length));
+    REQUIRE(std::fabs(unclipped_row_sum(cs, pv.row(r), length) - want) <=
+            tolerance(cs.zeta - cs.gamma, cs.gamma, length));
   }
 }
 
@@ -70,7 +72,8 @@ TEMPLATE_TEST_CASE("causal NCS equals per-row NCS with L = q + 1 + offset, bit f
   const index_t offset = random.integer(0, 10), rows = queries * blocks;
   INFO("queries " << queries << " blocks " << blocks << " cols " << cols << " offset " << offset);
   std::vector<std::int32_t> per_row;
-  for (index_t r = 0; r < rows; ++r) per_row.push_back(static_cast<std::int32_t>(std::min(r % queries + 1 + offset, cols)));
+  for (index_t r = 0; r < rows; ++r)
+    per_row.push_back(static_cast<std::int32_t>(std::min(r % queries + 1 + offset, cols)));
   std::vector<T> x(static_cast<std::size_t>(rows * cols)), causal(x.size()), padded(x.size());
   for (auto& v : x) v = static_cast<T>(random.normal(0.0, 3.0));
   const normalized_clipped_softmax ncs{1.0, 0.9};
@@ -78,7 +81,8 @@ TEMPLATE_TEST_CASE("causal NCS equals per-row NCS with L = q + 1 + offset, bit f
   softmax_forward(TestType::policy, ncs, causal_rows{queries, offset}, xv, matrix_view<T>(causal.data(), rows, cols));
   softmax_forward(TestType::policy, ncs, padded_rows{per_row}, xv, matrix_view<T>(padded.data(), rows, cols));
   CHECK(causal == padded);
-  for (index_t r = 0; r < rows; ++r) CHECK(causal_rows{queries, offset}.row_length(r, cols) == per_row[static_cast<std::size_t>(r)]);
+  for (index_t r = 0; r < rows; ++r)
+    CHECK(causal_rows{queries, offset}.row_length(r, cols) == per_row[static_cast<std::size_t>(r)]);
 }
 
 TEST_CASE("row-length modes give the documented lengths", "[softmax][properties]") {

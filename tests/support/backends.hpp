@@ -17,6 +17,6 @@ struct config {
 
 }  // namespace qsafe::test
 
-#define QSAFE_HOST_CONFIGS                                                                      \
+#define QSAFE_HOST_CONFIGS                                                                         \
   (::qsafe::test::config<float, ::qsafe::cpu_t>), (::qsafe::test::config<double, ::qsafe::cpu_t>), \
       (::qsafe::test::config<float, ::qsafe::simd_t>), (::qsafe::test::config<double, ::qsafe::simd_t>)

@@ -29,6 +29,6 @@ struct rng {
 }  // namespace qsafe::test
 
 // Declares `rng` seeded freshly and records the seed in every assertion's failure message.
-#define QSAFE_TEST_RNG(name)                               \
-  ::qsafe::test::rng name(::qsafe::test::fresh_seed());    \
+#define QSAFE_TEST_RNG(name)                            \
+  ::qsafe::test::rng name(::qsafe::test::fresh_seed()); \
   INFO("replay with QSAFE_TEST_SEED=" << name.seed)

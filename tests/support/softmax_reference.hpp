@@ -21,9 +21,15 @@ struct reference_params {
   bool clips = false, off_by_one = false;
 };
 
-inline reference_params params_for(const vanilla_softmax&, index_t) { return {}; }
-inline reference_params params_for(const off_by_one_softmax&, index_t) { return {1, 0, false, true}; }
-inline reference_params params_for(const clipped_softmax& v, index_t) { return {v.zeta, v.gamma, true, false}; }
+inline reference_params params_for(const vanilla_softmax&, index_t) {
+  return {};
+}
+inline reference_params params_for(const off_by_one_softmax&, index_t) {
+  return {1, 0, false, true};
+}
+inline reference_params params_for(const clipped_softmax& v, index_t) {
+  return {v.zeta, v.gamma, true, false};
+}
 inline reference_params params_for(const normalized_clipped_softmax& v, index_t length) {
   const real gamma = length >= 2 ? (static_cast<real>(v.beta) - v.zeta) / static_cast<real>(length - 1) : 0;
   return {v.zeta, gamma, true, false};
@@ -131,10 +137,14 @@ inline constexpr length_kind all_length_kinds[] = {length_kind::full, length_kin
 
 inline const char* name(length_kind k) {
   switch (k) {
-    case length_kind::full: return "full";
-    case length_kind::padded: return "padded";
-    case length_kind::causal: return "causal";
-    case length_kind::causal_padded: return "causal+padded";
+    case length_kind::full:
+      return "full";
+    case length_kind::padded:
+      return "padded";
+    case length_kind::causal:
+      return "causal";
+    case length_kind::causal_padded:
+      return "causal+padded";
   }
   return "?";
 }
@@ -169,21 +179,28 @@ struct length_data {
   template <class F>
   decltype(auto) visit(F&& f) const {
     switch (kind) {
-      case length_kind::padded: return f(padded_rows{lengths, rows_per_length});
-      case length_kind::causal: return f(causal_rows{queries, offset});
-      case length_kind::causal_padded: return f(causal_padded_rows{queries, offset, lengths, rows_per_length});
-      case length_kind::full: break;
+      case length_kind::padded:
+        return f(padded_rows{lengths, rows_per_length});
+      case length_kind::causal:
+        return f(causal_rows{queries, offset});
+      case length_kind::causal_padded:
+        return f(causal_padded_rows{queries, offset, lengths, rows_per_length});
+      case length_kind::full:
+        break;
     }
     return f(full_rows{});
   }
 };
 
-// The variants every test runs: each with parameters that make some probabilities clip at 0 and, for zeta > 1,
-// at 1.
+// The variants every test runs: each with parameters that make some probabilities clip at 0 and, for zeta > 1, at 1.
 inline auto test_variants() {
-  return std::tuple{vanilla_softmax{}, clipped_softmax::from_alpha(3.2, 128), clipped_softmax{1.3, -0.05},
-                    normalized_clipped_softmax{1.0, 0.9}, normalized_clipped_softmax::from_alpha(3.2, 128),
-                    normalized_clipped_softmax{1.2, 1.2}, off_by_one_softmax{}};
+  return std::tuple{vanilla_softmax{},
+                    clipped_softmax::from_alpha(3.2, 128),
+                    clipped_softmax{1.3, -0.05},
+                    normalized_clipped_softmax{1.0, 0.9},
+                    normalized_clipped_softmax::from_alpha(3.2, 128),
+                    normalized_clipped_softmax{1.2, 1.2},
+                    off_by_one_softmax{}};
 }
 
 template <class F>

@@ -11,19 +11,16 @@
 namespace qsafe::detail {
 
 [[noreturn]] inline void fail(std::string_view function, std::string_view argument, const std::string& what) {
-  throw std::invalid_argument("qsafe::" + std::string(function) + ": argument '" + std::string(argument) + "' " +
-                              what);
+  throw std::invalid_argument("qsafe::" + std::string(function) + ": argument '" + std::string(argument) + "' " + what);
 }
 
 template <class T>
 void check_view(std::string_view function, std::string_view argument, const matrix_view<T>& m) {
   if (m.rows < 0 || m.cols < 0) {
-    fail(function, argument,
-         "has a negative shape (" + std::to_string(m.rows) + " x " + std::to_string(m.cols) + ")");
+    fail(function, argument, "has a negative shape (" + std::to_string(m.rows) + " x " + std::to_string(m.cols) + ")");
   }
   if (m.rows > 1 && m.row_stride < m.cols) {
-    fail(function, argument,
-         "has row_stride " + std::to_string(m.row_stride) + " < cols " + std::to_string(m.cols));
+    fail(function, argument, "has row_stride " + std::to_string(m.row_stride) + " < cols " + std::to_string(m.cols));
   }
   if (m.data == nullptr && m.rows > 0 && m.cols > 0) fail(function, argument, "is a null pointer with a non-zero size");
 }

@@ -31,7 +31,11 @@ void for_each_row(int threads, index_t rows, F&& f) {
 
 namespace qsafe::detail {
 
-inline int thread_count(cpu_t) { return 1; }
-inline int thread_count(simd_t policy) { return policy.threads; }
+inline int thread_count(cpu_t) {
+  return 1;
+}
+inline int thread_count(simd_t policy) {
+  return policy.threads;
+}
 
 }  // namespace qsafe::detail

@@ -11,7 +11,9 @@
 namespace qsafe::detail::scalar {
 
 // clip(v, 0, 1) that lets NaN through (a NaN row must stay NaN).
-inline double clip01(double v) { return v < 0.0 ? 0.0 : (v > 1.0 ? 1.0 : v); }
+inline double clip01(double v) {
+  return v < 0.0 ? 0.0 : (v > 1.0 ? 1.0 : v);
+}
 
 // The shift of a row: its max over the valid keys (max(m, 0) off-by-one); -inf when the row is fully masked
 // (L = 0 or every key -inf); NaN when a valid key is NaN.
@@ -34,7 +36,9 @@ double softmax_denominator(const T* x, index_t length, double m) {
 }
 
 // Output for a row that has no finite shift: zeros (fully masked) or NaN (a NaN row).
-inline bool degenerate(double m) { return !(m > -std::numeric_limits<double>::infinity()); }
+inline bool degenerate(double m) {
+  return !(m > -std::numeric_limits<double>::infinity());
+}
 
 template <class Variant, class T>
 void forward_row(const Variant& variant, index_t length, index_t cols, const T* x, T* y, T* p) {
@@ -90,7 +94,8 @@ void backward_row(const Variant& variant, index_t length, index_t cols, Prob pro
 template <class Variant, class T>
 void backward_from_probabilities_row(const Variant& variant, index_t length, index_t cols, const T* p, const T* dy,
                                      T* dx) {
-  backward_row(variant, length, cols, [p](index_t j) { return static_cast<double>(p[j]); }, dy, dx);
+  backward_row(
+      variant, length, cols, [p](index_t j) { return static_cast<double>(p[j]); }, dy, dx);
 }
 
 template <class Variant, class T>
