@@ -1,0 +1,144 @@
+// Quantizers and statistics on one CPU core: fake_quantize (forward and STE backward), the min-max pass, the
+// statistics pass (moments up to the 4th) and the exact percentile pair (0.001th and 99.999th), on 2^24 and 2^28
+// floats (64 MiB and 1 GiB, far beyond the caches), for the scalar reference and the xsimd backend, next to the
+// yardstick measured in the same run: memcpy of the tensor (read n floats, write n floats). Counters: items =
+// elements of the tensor, bytes = every tensor the op reads or writes, once. Run:
+//   build/quant/bench/bench_quant --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
+
+#include <benchmark/benchmark.h>
+
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "qsafe/estimators.hpp"
+#include "qsafe/quant.hpp"
+#include "qsafe/stats.hpp"
+
+namespace {
+
+using qsafe::index_t;
+constexpr index_t cols = 4096;  // rows of a (rows x 4096) view; the ops see the tensor as one contiguous block
+
+struct tensors {
+  std::vector<float> x, y, dy;
+  explicit tensors(index_t n) : x(static_cast<std::size_t>(n)), y(x.size()), dy(x.size()) {
+    std::mt19937 engine(42);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::uniform_real_distribution<float> rare(0.0f, 1.0f);
+    // Activations with a few outliers: N(0, 1) plus 1 in 10^4 values 50x larger.
+    for (auto& v : x) v = rare(engine) < 1e-4f ? 50.0f * normal(engine) : normal(engine);
+    for (auto& v : dy) v = normal(engine);
+  }
+};
+
+tensors& shared(index_t n) {
+  static tensors small(index_t{1} << 24);
+  if (n == static_cast<index_t>(small.x.size())) return small;
+  static tensors large(index_t{1} << 28);
+  return large;
+}
+
+void set_counters(benchmark::State& state, index_t n, int tensor_count) {
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * tensor_count *
+                          static_cast<int64_t>(sizeof(float)));
+  state.counters["ns_per_element"] =
+      benchmark::Counter(static_cast<double>(n) * static_cast<double>(state.iterations()),
+                         benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+}
+
+qsafe::matrix_view<const float> input(index_t n) {
+  return {shared(n).x.data(), n / cols, cols};
+}
+
+void memcpy_yardstick(benchmark::State& state) {
+  const index_t n = state.range(0);
+  auto& t = shared(n);
+  for (auto _ : state) {
+    std::memcpy(t.y.data(), t.x.data(), static_cast<std::size_t>(n) * sizeof(float));
+    benchmark::ClobberMemory();
+  }
+  set_counters(state, n, 2);
+}
+
+const qsafe::quant_params params = qsafe::make_qparams<float>({-4.0, 4.0}, 8, qsafe::quant_mode::asymmetric);
+
+template <class Policy>
+void fake_quantize(benchmark::State& state, Policy policy) {
+  const index_t n = state.range(0);
+  auto& t = shared(n);
+  for (auto _ : state) {
+    qsafe::fake_quantize(policy, input(n), params, qsafe::matrix_view<float>(t.y.data(), n / cols, cols));
+    benchmark::ClobberMemory();
+  }
+  set_counters(state, n, 2);
+}
+
+template <class Policy>
+void fake_quantize_backward(benchmark::State& state, Policy policy) {
+  const index_t n = state.range(0);
+  auto& t = shared(n);
+  for (auto _ : state) {
+    qsafe::fake_quantize_backward(policy, input(n), params,
+                                  qsafe::matrix_view<const float>(t.dy.data(), n / cols, cols),
+                                  qsafe::matrix_view<float>(t.y.data(), n / cols, cols));
+    benchmark::ClobberMemory();
+  }
+  set_counters(state, n, 3);
+}
+
+template <class Policy>
+void min_max(benchmark::State& state, Policy policy) {
+  const index_t n = state.range(0);
+  for (auto _ : state) {
+    qsafe::min_max_estimator<float> estimator;
+    estimator.observe(policy, input(n));
+    benchmark::DoNotOptimize(estimator.range());
+  }
+  set_counters(state, n, 1);
+}
+
+template <class Policy>
+void moments(benchmark::State& state, Policy policy) {
+  const index_t n = state.range(0);
+  for (auto _ : state) benchmark::DoNotOptimize(qsafe::tensor_moments(policy, input(n)));
+  set_counters(state, n, 1);
+}
+
+template <class Policy>
+void percentile_pair(benchmark::State& state, Policy policy) {
+  const index_t n = state.range(0);
+  const double p[2] = {0.001, 99.999};
+  for (auto _ : state) benchmark::DoNotOptimize(qsafe::percentiles(policy, input(n), std::span<const double>(p)));
+  set_counters(state, n, 1);
+}
+
+constexpr int64_t small = int64_t{1} << 24, large = int64_t{1} << 28;
+
+}  // namespace
+
+BENCHMARK(memcpy_yardstick)->Arg(small)->Arg(large)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(fake_quantize, simd, qsafe::simd)
+    ->Arg(small)
+    ->Arg(large)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(fake_quantize, cpu, qsafe::cpu)->Arg(small)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(fake_quantize_backward, simd, qsafe::simd)
+    ->Arg(small)
+    ->Arg(large)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(min_max, simd, qsafe::simd)->Arg(small)->Arg(large)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(min_max, cpu, qsafe::cpu)->Arg(small)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(moments, simd, qsafe::simd)->Arg(small)->Arg(large)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(moments, cpu, qsafe::cpu)->Arg(small)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(percentile_pair, simd, qsafe::simd)
+    ->Arg(small)
+    ->Arg(large)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(percentile_pair, cpu, qsafe::cpu)->Arg(small)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+BENCHMARK_MAIN();
