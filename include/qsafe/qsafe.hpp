@@ -4,8 +4,12 @@
 /// `qsafe/cuda/` and is included by `.cu` translation units only.
 
 #include "qsafe/eigen.hpp"
+#include "qsafe/estimators.hpp"
 #include "qsafe/execution.hpp"
 #include "qsafe/matrix_view.hpp"
+#include "qsafe/moments.hpp"
+#include "qsafe/quant.hpp"
 #include "qsafe/softmax.hpp"
 #include "qsafe/softmax_variant.hpp"
+#include "qsafe/stats.hpp"
 #include "qsafe/version.hpp"
