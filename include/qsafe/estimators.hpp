@@ -8,8 +8,8 @@
 ///   for (auto batch : calibration) est.observe(qsafe::simd, batch);
 ///   qsafe::quant_params p = est.qparams(8, qsafe::quant_mode::asymmetric);
 ///
-///   qsafe::mse_estimator<float> w(8, qsafe::quant_mode::symmetric);   // needs two passes over the data
-///   qsafe::calibrate(qsafe::simd, w, weight);                            // runs them
+///   qsafe::mse_estimator<float> mse(8, qsafe::quant_mode::symmetric);  // needs two passes over the data
+///   qsafe::calibrate(qsafe::simd, mse, weight);                          // runs them
 /// \endcode
 ///
 /// The interface (every estimator here; issue 9's histogram estimators follow it too):

@@ -7,7 +7,8 @@
 /// \code
 ///   const qsafe::moments m = qsafe::tensor_moments(qsafe::simd, x);
 ///   double k = m.kurtosis(), inf_norm = m.inf_norm();
-///   qsafe::moments all = batch1_moments;  all.merge(batch2_moments);   // exact combination, any order
+///   qsafe::moments all = batch1_moments;
+///   all.merge(batch2_moments);  // exact combination, any order
 /// \endcode
 ///
 /// Contract:
