@@ -131,11 +131,13 @@ concept softmax_variant = requires(const V& v, index_t length, std::string_view 
 struct full_rows {
   QSAFE_HOST_DEVICE constexpr index_t row_length(index_t /*row*/, index_t cols) const { return cols; }
   void validate(std::string_view, index_t /*rows*/, index_t /*cols*/) const {}
+  void validate_shape(std::string_view, index_t /*rows*/, index_t /*cols*/) const {}
 };
 
 namespace detail {
-inline void check_lengths(std::string_view function, std::span<const std::int32_t> lengths, index_t rows_per_length,
-                          index_t rows, index_t cols) {
+// What can be checked without reading the lengths (which a device backend holds in device memory).
+inline void check_length_count(std::string_view function, std::span<const std::int32_t> lengths,
+                               index_t rows_per_length, index_t rows) {
   if (rows_per_length <= 0) {
     fail(function, "lengths.rows_per_length", "must be positive, got " + std::to_string(rows_per_length));
   }
@@ -146,6 +148,10 @@ inline void check_lengths(std::string_view function, std::span<const std::int32_
              std::to_string(static_cast<index_t>(lengths.size()) * rows_per_length) + " rows, not " +
              std::to_string(rows));
   }
+}
+inline void check_lengths(std::string_view function, std::span<const std::int32_t> lengths, index_t rows_per_length,
+                          index_t rows, index_t cols) {
+  check_length_count(function, lengths, rows_per_length, rows);
   for (std::size_t i = 0; i < lengths.size(); ++i) {
     if (lengths[i] < 0 || lengths[i] > cols) {
       fail(function, "lengths.lengths",
@@ -170,11 +176,15 @@ struct padded_rows {
   std::span<const std::int32_t> lengths;
   index_t rows_per_length = 1;
 
-  QSAFE_HOST_DEVICE constexpr index_t row_length(index_t row, index_t /*cols*/) const {
+  // Host only (std::span); the CUDA backend reads the same lengths through detail/cuda/lengths.cuh.
+  constexpr index_t row_length(index_t row, index_t /*cols*/) const {
     return lengths[static_cast<std::size_t>(row / rows_per_length)];
   }
   void validate(std::string_view function, index_t rows, index_t cols) const {
     detail::check_lengths(function, lengths, rows_per_length, rows, cols);
+  }
+  void validate_shape(std::string_view function, index_t rows, index_t /*cols*/) const {
+    detail::check_length_count(function, lengths, rows_per_length, rows);
   }
 };
 
@@ -193,6 +203,7 @@ struct causal_rows {
   void validate(std::string_view function, index_t rows, index_t /*cols*/) const {
     detail::check_causal(function, queries, offset, rows);
   }
+  void validate_shape(std::string_view function, index_t rows, index_t cols) const { validate(function, rows, cols); }
 };
 
 /// Causal and padding together: the minimum of the two lengths.
@@ -202,7 +213,7 @@ struct causal_padded_rows {
   std::span<const std::int32_t> lengths;
   index_t rows_per_length = 1;
 
-  QSAFE_HOST_DEVICE constexpr index_t row_length(index_t row, index_t cols) const {
+  constexpr index_t row_length(index_t row, index_t cols) const {  // host only, as padded_rows
     const index_t causal = causal_rows{queries, offset}.row_length(row, cols);
     const index_t padded = lengths[static_cast<std::size_t>(row / rows_per_length)];
     return causal < padded ? causal : padded;
@@ -211,9 +222,15 @@ struct causal_padded_rows {
     detail::check_causal(function, queries, offset, rows);
     detail::check_lengths(function, lengths, rows_per_length, rows, cols);
   }
+  void validate_shape(std::string_view function, index_t rows, index_t /*cols*/) const {
+    detail::check_causal(function, queries, offset, rows);
+    detail::check_length_count(function, lengths, rows_per_length, rows);
+  }
 };
 
 /// A row-length mode: gives `row_length(r, cols)` in `[0, cols]` and validates itself against a shape.
+/// `validate` may read the lengths (host memory); `validate_shape` checks everything else and reads no length, so
+/// that a device backend, whose lengths live in device memory, can check a mode before launching.
 template <class M>
 concept row_length_mode = requires(const M& m, index_t r, std::string_view function) {
   { m.row_length(r, r) } -> std::convertible_to<index_t>;

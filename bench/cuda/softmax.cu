@@ -1,0 +1,171 @@
+// GPU benchmark of the softmax family: effective bandwidth (each tensor read or written once: forward x -> y is two
+// tensors, backward p, dy -> dx three) of qsafe's CUDA kernels next to a device-to-device copy of the same bytes
+// measured in the same process. CUDA events around each launch, median of --repeats after warm-up, on random data.
+//
+//   bench_cuda_softmax [--elements N] [--repeats R] [--csv FILE]
+//
+// Prints a table; --csv writes the rows as op,variant,dtype,cols,impl,ms,tbps (scripts/gpu-check joins them with
+// bench/cuda/pytorch_softmax.py's rows).
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "qsafe/cuda/softmax.cuh"
+
+namespace {
+
+void check(cudaError_t code, const char* call) {
+  qsafe::detail::cuda::check(code, "bench", call);
+}
+
+// Scores: a sum of four hashed uniforms, centred, spread about 3 (so clipping happens), as the tests' scores.
+template <class T>
+__global__ void fill_random(T* out, std::size_t n, std::uint32_t seed, float spread) {
+  for (std::size_t i = blockIdx.x * std::size_t{blockDim.x} + threadIdx.x; i < n;
+       i += std::size_t{gridDim.x} * blockDim.x) {
+    std::uint32_t h = static_cast<std::uint32_t>(i) * 0x9E3779B1u ^ seed;
+    float sum = 0.0f;
+    for (int k = 0; k < 4; ++k) {
+      h ^= h >> 15;
+      h *= 0x2C1B3C6Du;
+      h ^= h >> 12;
+      h *= 0x297A2D39u;
+      h ^= h >> 15;
+      sum += static_cast<float>(h >> 8) * 0x1p-24f;
+    }
+    out[i] = static_cast<T>((sum - 2.0f) * spread * 1.7320508f);
+  }
+}
+
+template <class T>
+struct buffer {
+  T* data = nullptr;
+  explicit buffer(std::size_t n) { check(cudaMalloc(&data, n * sizeof(T)), "cudaMalloc"); }
+  ~buffer() { cudaFree(data); }
+  buffer(const buffer&) = delete;
+  buffer& operator=(const buffer&) = delete;
+};
+
+struct result {
+  std::string op, variant, dtype;
+  long cols;
+  std::string impl;
+  double ms, tbps;
+};
+
+// Median milliseconds of `repeats` timed runs of `run` after 3 warm-ups.
+double median_ms(int repeats, const std::function<void()>& run) {
+  cudaEvent_t start, stop;
+  check(cudaEventCreate(&start), "cudaEventCreate");
+  check(cudaEventCreate(&stop), "cudaEventCreate");
+  for (int i = 0; i < 3; ++i) run();
+  std::vector<float> times;
+  for (int i = 0; i < repeats; ++i) {
+    check(cudaEventRecord(start), "cudaEventRecord");
+    run();
+    check(cudaEventRecord(stop), "cudaEventRecord");
+    check(cudaEventSynchronize(stop), "cudaEventSynchronize");
+    float ms = 0;
+    check(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime");
+    times.push_back(ms);
+  }
+  check(cudaEventDestroy(start), "cudaEventDestroy");
+  check(cudaEventDestroy(stop), "cudaEventDestroy");
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+template <class T>
+void bench_type(const char* dtype, std::size_t elements, int repeats, std::vector<result>& out) {
+  const std::size_t bytes = elements * sizeof(T);
+  buffer<T> x(elements), y(elements), p(elements), dy(elements), dx(elements);
+  fill_random<<<1024, 256>>>(x.data, elements, 1u, 3.0f);
+  fill_random<<<1024, 256>>>(dy.data, elements, 2u, 1.0f);
+  check(cudaGetLastError(), "fill_random");
+
+  const double copy_ms = median_ms(
+      repeats, [&] { check(cudaMemcpyAsync(y.data, x.data, bytes, cudaMemcpyDeviceToDevice), "cudaMemcpyAsync"); });
+  out.push_back({"copy", "-", dtype, 0, "cudaMemcpy", copy_ms, 2.0 * static_cast<double>(bytes) / copy_ms * 1e-9});
+
+  for (const long cols : {128L, 512L, 2048L, 8192L}) {
+    const long rows = static_cast<long>(elements) / cols;
+    const qsafe::matrix_view<const T> xv(x.data, rows, cols), dyv(dy.data, rows, cols), pv_in(p.data, rows, cols);
+    const qsafe::matrix_view<T> yv(y.data, rows, cols), pv(p.data, rows, cols), dxv(dx.data, rows, cols);
+    const qsafe::cuda_t gpu{};
+    const auto add = [&](const char* op, const char* variant, int tensors, double ms) {
+      out.push_back(
+          {op, variant, dtype, cols, "qsafe", ms, tensors * static_cast<double>(rows * cols) * sizeof(T) / ms * 1e-9});
+    };
+    const auto each_variant = [&](const char* name, const auto& variant) {
+      add("forward", name, 2, median_ms(repeats, [&] { softmax_forward(gpu, variant, qsafe::full_rows{}, xv, yv); }));
+      softmax_forward(gpu, variant, qsafe::full_rows{}, xv, yv, pv);  // a real p for the backward
+      add("backward", name, 3,
+          median_ms(repeats, [&] { softmax_backward(gpu, variant, qsafe::full_rows{}, pv_in, dyv, dxv); }));
+      add("backward_from_scores", name, 3,
+          median_ms(repeats, [&] { softmax_backward_from_scores(gpu, variant, qsafe::full_rows{}, xv, dyv, dxv); }));
+    };
+    each_variant("vanilla", qsafe::vanilla_softmax{});
+    each_variant("clipped", qsafe::clipped_softmax::from_alpha(3.2, 128));
+    each_variant("ncs", qsafe::normalized_clipped_softmax::from_alpha(3.2, 128));
+    // NCS with causal rows: the per-row gamma and masked tails (bytes counted as for full rows).
+    add("forward", "ncs_causal", 2, median_ms(repeats, [&] {
+          softmax_forward(gpu, qsafe::normalized_clipped_softmax{1.0, 0.9}, qsafe::causal_rows{cols, 0}, xv, yv);
+        }));
+  }
+  check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::size_t elements = std::size_t{1} << 28;
+  int repeats = 30;
+  const char* csv = nullptr;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (!std::strcmp(argv[i], "--elements")) elements = std::strtoull(argv[i + 1], nullptr, 10);
+    if (!std::strcmp(argv[i], "--repeats")) repeats = std::atoi(argv[i + 1]);
+    if (!std::strcmp(argv[i], "--csv")) csv = argv[i + 1];
+  }
+  int device = 0;
+  cudaDeviceProp properties{};
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  check(cudaGetDeviceProperties(&properties, device), "cudaGetDeviceProperties");
+  std::printf("# %s, %d SMs, %zu elements per tensor, median of %d\n", properties.name, properties.multiProcessorCount,
+              elements, repeats);
+
+  std::vector<result> results;
+  bench_type<float>("float32", elements, repeats, results);
+  bench_type<__nv_bfloat16>("bfloat16", elements, repeats, results);
+
+  double copy_tbps[2] = {0, 0};
+  std::printf("%-22s %-11s %-9s %6s %9s %7s %7s\n", "op", "variant", "dtype", "T", "ms", "TB/s", "%copy");
+  for (const result& r : results) {
+    const int t = r.dtype == "float32" ? 0 : 1;
+    if (r.op == "copy") copy_tbps[t] = r.tbps;
+    std::printf("%-22s %-11s %-9s %6ld %9.4f %7.3f %6.1f%%\n", r.op.c_str(), r.variant.c_str(), r.dtype.c_str(), r.cols,
+                r.ms, r.tbps, 100.0 * r.tbps / copy_tbps[t]);
+  }
+  if (csv != nullptr) {
+    FILE* f = std::fopen(csv, "w");
+    if (f == nullptr) {
+      std::perror(csv);
+      return 1;
+    }
+    std::fprintf(f, "op,variant,dtype,cols,impl,ms,tbps\n");
+    for (const result& r : results) {
+      std::fprintf(f, "%s,%s,%s,%ld,%s,%.5f,%.4f\n", r.op.c_str(), r.variant.c_str(), r.dtype.c_str(), r.cols,
+                   r.impl.c_str(), r.ms, r.tbps);
+    }
+    std::fclose(f);
+  }
+  return 0;
+}

@@ -1,0 +1,129 @@
+#pragma once
+// Chooses the kernel shape and launch geometry for a softmax-family op, and launches it (no allocation, no sync).
+//
+// Shapes, by row length in packets (16 bytes of elements) when every row start is 16-byte aligned:
+//   row fits in registers (<= max_threads_per_row · cached_elements): a row group of the smallest power of
+//     two of threads (>= 4) that holds it, several groups per block for short rows (a warp or less per row), one
+//     group per block for long rows (a block per row); each input read once;
+//   longer rows: a block per row that streams the row from memory at each pass (inputs read 2-3 times, mostly from
+//     L2);
+//   any unaligned start or stride: the streaming shape with single-element accesses.
+
+#include <cuda_runtime.h>
+
+#include <bit>
+#include <climits>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "qsafe/cuda/execution.cuh"
+#include "qsafe/detail/check.hpp"
+#include "qsafe/detail/cuda/kernels/softmax.cuh"
+#include "qsafe/detail/cuda/lengths.cuh"
+
+namespace qsafe::detail::cuda {
+
+// Tuning of the softmax family (each number with what chose it).
+struct softmax_tuning {
+  // Elements per thread held in registers (as fp32 exponentials, or raw): 16, i.e. 4 packets of floats or 2 of
+  // halves. With at most 512 threads per row (so up to 128 registers a thread) nothing spills (ptxas: 64-73
+  // registers for float; 4 packets of bf16 took 89-117, and capping them at 64 spilled 134-318 bytes); rows up to
+  // 8 K elements stay cached. (1024 threads per row caps registers at 64: the backward kernels spilled.)
+  static constexpr int cached_elements = 16;
+  // Threads per block when several short rows share a block: 256 gives 8 blocks (2048 threads) per SM.
+  static constexpr int block_threads = 256;
+  static constexpr int min_threads_per_row = 4;
+  static constexpr int max_threads_per_row = max_threads_per_block;
+  // The streaming shape's threads per row (rows past the cached capacity).
+  static constexpr int streaming_threads_per_row = max_threads_per_block;
+};
+
+struct launch_geometry {
+  int threads_per_row;
+  int rows_per_block;
+  unsigned grid;
+};
+
+inline int power_of_two_at_least(index_t n, int lo, int hi) {
+  if (n <= lo) return lo;
+  if (n >= hi) return hi;
+  return static_cast<int>(std::bit_ceil(static_cast<std::uint64_t>(n)));
+}
+
+inline launch_geometry geometry(std::string_view function, index_t rows, int threads_per_row) {
+  const int rows_per_block =
+      threads_per_row >= softmax_tuning::block_threads ? 1 : softmax_tuning::block_threads / threads_per_row;
+  const index_t grid = (rows + rows_per_block - 1) / rows_per_block;
+  if (grid > INT_MAX) fail(function, "x", "has too many rows (" + std::to_string(rows) + ") for one launch");
+  return {threads_per_row, rows_per_block, static_cast<unsigned>(grid)};
+}
+
+template <class T>
+bool aligned_16(const T* data, index_t row_stride, index_t rows) {
+  return reinterpret_cast<std::uintptr_t>(data) % 16 == 0 &&
+         (rows <= 1 || (static_cast<std::size_t>(row_stride) * sizeof(T)) % 16 == 0);
+}
+
+// Calls launch(shape, geometry) with the shape for these rows; checks the launch.
+template <class T, class Launch>
+void launch_rows(std::string_view function, index_t rows, index_t cols, bool aligned, Launch&& launch) {
+  using tuning = softmax_tuning;
+  constexpr int packet = 16 / static_cast<int>(sizeof(T));
+  constexpr int cached = tuning::cached_elements / packet;
+  const index_t packets = (cols + packet - 1) / packet;
+  if (aligned && packets <= static_cast<index_t>(tuning::max_threads_per_row) * cached) {
+    const int threads = power_of_two_at_least((packets + cached - 1) / cached, tuning::min_threads_per_row,
+                                              tuning::max_threads_per_row);
+    launch(softmax_shape<packet, cached>{}, geometry(function, rows, threads));
+  } else if (aligned) {
+    launch(softmax_shape<packet, 0>{}, geometry(function, rows, tuning::streaming_threads_per_row));
+  } else {
+    const int threads = power_of_two_at_least((cols + cached - 1) / cached, tuning::min_threads_per_row,
+                                              tuning::streaming_threads_per_row);
+    launch(softmax_shape<1, 0>{}, geometry(function, rows, threads));
+  }
+  check(cudaGetLastError(), function, "the kernel launch");
+}
+
+inline dim3 block_of(const launch_geometry& g) {
+  return dim3(static_cast<unsigned>(g.threads_per_row * g.rows_per_block));
+}
+
+template <class Variant, class Lengths, class T>
+void softmax_forward(cudaStream_t stream, const Variant& variant, const Lengths& lengths, matrix_view<const T> x,
+                     matrix_view<T> y, T* p, index_t p_stride) {
+  const bool aligned = aligned_16(x.data, x.row_stride, x.rows) && aligned_16(y.data, y.row_stride, y.rows) &&
+                       (p == nullptr || aligned_16(p, p_stride, x.rows));
+  launch_rows<T>("softmax_forward", x.rows, x.cols, aligned, [&](auto shape, const launch_geometry& g) {
+    softmax_forward_kernel<decltype(shape)><<<g.grid, block_of(g), 0, stream>>>(
+        variant, device_form(lengths), x.rows, static_cast<int>(x.cols), g.threads_per_row, x.data, x.row_stride,
+        y.data, y.row_stride, p, p_stride);
+  });
+}
+
+template <class Variant, class Lengths, class T>
+void softmax_backward(cudaStream_t stream, const Variant& variant, const Lengths& lengths, matrix_view<const T> p,
+                      matrix_view<const T> dy, matrix_view<T> dx) {
+  const bool aligned = aligned_16(p.data, p.row_stride, p.rows) && aligned_16(dy.data, dy.row_stride, dy.rows) &&
+                       aligned_16(dx.data, dx.row_stride, dx.rows);
+  launch_rows<T>("softmax_backward", p.rows, p.cols, aligned, [&](auto shape, const launch_geometry& g) {
+    softmax_backward_kernel<decltype(shape)><<<g.grid, block_of(g), 0, stream>>>(
+        variant, device_form(lengths), p.rows, static_cast<int>(p.cols), g.threads_per_row, p.data, p.row_stride,
+        dy.data, dy.row_stride, dx.data, dx.row_stride);
+  });
+}
+
+template <class Variant, class Lengths, class T>
+void softmax_backward_from_scores(cudaStream_t stream, const Variant& variant, const Lengths& lengths,
+                                  matrix_view<const T> x, matrix_view<const T> dy, matrix_view<T> dx) {
+  const bool aligned = aligned_16(x.data, x.row_stride, x.rows) && aligned_16(dy.data, dy.row_stride, dy.rows) &&
+                       aligned_16(dx.data, dx.row_stride, dx.rows);
+  launch_rows<T>("softmax_backward_from_scores", x.rows, x.cols, aligned, [&](auto shape, const launch_geometry& g) {
+    softmax_backward_from_scores_kernel<decltype(shape)><<<g.grid, block_of(g), 0, stream>>>(
+        variant, device_form(lengths), x.rows, static_cast<int>(x.cols), g.threads_per_row, x.data, x.row_stride,
+        dy.data, dy.row_stride, dx.data, dx.row_stride);
+  });
+}
+
+}  // namespace qsafe::detail::cuda

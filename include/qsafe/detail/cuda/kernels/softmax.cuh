@@ -1,0 +1,331 @@
+#pragma once
+// The softmax family's CUDA kernels (REFERENCE §1), one per op, each parameterized by
+//   Shape    the packet width N (elements per access) and `cached`, the packets per thread held in registers
+//            (0: stream the row from memory at each pass), see dispatch_softmax.cuh;
+//   Variant  vanilla / clipped / normalized clipped / off-by-one (qsafe/softmax_variant.hpp);
+//   Lengths  a row-length mode in its device form (detail/cuda/lengths.cuh).
+// A row group (detail/cuda/row_group.cuh) computes one row; fp32 arithmetic for every element type. With the row
+// cached, each input element is read once from memory and each output element written once.
+// Kernels trust their inputs (the public functions check them); a row length outside [0, cols] is clamped.
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+
+#include "qsafe/detail/cuda/element.cuh"
+#include "qsafe/detail/cuda/row_group.cuh"
+#include "qsafe/softmax_variant.hpp"
+
+namespace qsafe::detail::cuda {
+
+template <int Packet, int Cached>
+struct softmax_shape {
+  static constexpr int packet = Packet;  // elements per load/store (16 bytes, or 1 for the unaligned fallback)
+  static constexpr int cached = Cached;  // packets per thread kept in registers; 0 streams the row
+};
+
+inline constexpr float negative_infinity = -INFINITY;
+// The largest block the dispatcher launches (softmax_tuning::max_threads_per_row); the register budget follows.
+inline constexpr int max_threads_per_block = 512;
+
+struct max_op {
+  __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+struct plus_op {
+  __device__ __forceinline__ float operator()(float a, float b) const { return a + b; }
+};
+
+// exp(x_j - base) for this thread's keys, `base` its largest finite key (0 if it has none): kept in registers for
+// the cached shapes, so each key costs one exp. The streamed shape keeps only (base, sum), per packet rescaled.
+// NaN keys make `sum` NaN (fmaxf skips them in the max), which marks the row NaN after the reductions.
+template <class Shape, class T>
+struct row_exponentials {
+  static constexpr int N = Shape::packet, C = Shape::cached > 0 ? Shape::cached : 1;
+  float e[C][N];
+  float base = 0.0f;
+  float max = negative_infinity;  // the largest key, -inf if none is finite
+  float sum = 0.0f;               // sum of exp(x_j - base)
+  const T* row;
+  int length;
+
+  __device__ row_exponentials(const T* row_, int length_, const row_walk<N, Shape::cached>& walk)
+      : row(row_), length(length_) {
+    const T fill = from_float<T>(negative_infinity);
+    if constexpr (Shape::cached > 0) {
+      packet<T, N> raw[C];
+#pragma unroll
+      for (int k = 0; k < C; ++k) {
+        const int j = walk.first + k * walk.step;
+        raw[k] = load_packet<N>(row, j, j < length ? length : 0, fill);
+      }
+#pragma unroll
+      for (int k = 0; k < C; ++k) {
+        to_float(raw[k], e[k]);
+#pragma unroll
+        for (int i = 0; i < N; ++i) max = fmaxf(max, e[k][i]);
+      }
+      base = max == negative_infinity ? 0.0f : max;
+#pragma unroll
+      for (int k = 0; k < C; ++k) {
+#pragma unroll
+        for (int i = 0; i < N; ++i) {
+          e[k][i] = __expf(e[k][i] - base);
+          sum += e[k][i];
+        }
+      }
+    } else {
+      walk(length, [&](int, int j) {
+        float v[N];
+        to_float(load_packet<N>(row, j, length, fill), v);
+        float m = max;
+#pragma unroll
+        for (int i = 0; i < N; ++i) m = fmaxf(m, v[i]);
+        const float b = m == negative_infinity ? 0.0f : m;
+        float s = max == negative_infinity ? sum : sum * __expf(base - b);  // sum is 0 (or NaN) until a finite key
+#pragma unroll
+        for (int i = 0; i < N; ++i) s += __expf(v[i] - b);
+        max = m;
+        base = b;
+        sum = s;
+      });
+    }
+  }
+
+  // This thread's sum rescaled to the row's shift.
+  __device__ __forceinline__ float sum_at(float row_max) const {
+    return max == negative_infinity ? sum : sum * __expf(base - row_max);  // row_max >= max
+  }
+};
+
+// The row's softmax: p_j = exp(x_j - shift) / sum. A fully masked row (no finite key) is dead: all outputs 0; a
+// NaN key (a NaN sum) makes the row's valid outputs NaN.
+struct row_softmax {
+  float shift = 0.0f;
+  float inverse_sum = 0.0f;
+  bool live = false;
+  bool nan = false;
+
+  template <class Variant>
+  __device__ __forceinline__ static row_softmax from(float row_max, float row_sum) {
+    row_softmax out;
+    out.nan = row_sum != row_sum;
+    if (out.nan || row_max == negative_infinity) return out;
+    out.shift = row_max;
+    if constexpr (Variant::off_by_one) {
+      out.shift = fmaxf(row_max, 0.0f);
+      row_sum = row_sum * __expf(row_max - out.shift) + __expf(-out.shift);
+    }
+    out.inverse_sum = 1.0f / row_sum;
+    out.live = true;
+    return out;
+  }
+};
+
+// Reduces a thread's exponentials to the row's softmax: max, then the rescaled sums (two cheap reductions rather
+// than one of (max, sum) pairs, whose merges put an exp on the critical path).
+template <class Variant, class Exponentials>
+__device__ __forceinline__ row_softmax reduce_softmax(const row_group& group, const Exponentials& ex, float* max_slots,
+                                                      float* sum_slots) {
+  const float row_max = group.reduce(ex.max, max_op{}, max_slots);
+  const float row_sum = group.reduce(ex.sum_at(row_max), plus_op{}, sum_slots);
+  return row_softmax::from<Variant>(row_max, row_sum);
+}
+
+// p for the packet at (k, j): from the cached exponentials (times a per-thread factor), or recomputed.
+template <class Shape, class T>
+struct probabilities {
+  const row_exponentials<Shape, T>& ex;
+  const row_softmax& softmax;
+  float factor;  // cached: exp(base - shift) / sum; 0 for a dead row
+  __device__ probabilities(const row_exponentials<Shape, T>& ex_, const row_softmax& softmax_)
+      : ex(ex_),
+        softmax(softmax_),
+        factor(softmax_.live && ex_.max != negative_infinity ? __expf(ex_.base - softmax_.shift) * softmax_.inverse_sum
+                                                             : 0.0f) {}
+
+  __device__ __forceinline__ void operator()(int k, int j, float (&p)[Shape::packet]) const {
+    constexpr int N = Shape::packet;
+    if constexpr (Shape::cached > 0) {
+#pragma unroll
+      for (int i = 0; i < N; ++i) p[i] = ex.e[k][i] * factor;
+    } else {
+      float x[N];
+      to_float(load_packet<N>(ex.row, j, ex.length, from_float<T>(negative_infinity)), x);
+#pragma unroll
+      for (int i = 0; i < N; ++i) p[i] = softmax.live ? __expf(x[i] - softmax.shift) * softmax.inverse_sum : 0.0f;
+    }
+  }
+};
+
+// The variant's affine map in fp32 for a row of valid length L.
+struct row_affine {
+  float scale, shift;
+  template <class Variant>
+  __device__ __forceinline__ static row_affine from(const Variant& variant, int length) {
+    const clip_affine a = variant.affine_for(length);
+    return {static_cast<float>(a.scale), static_cast<float>(a.shift)};
+  }
+  // clip(v, 0, 1) (NaN rows are written separately: __saturatef maps NaN to 0).
+  __device__ __forceinline__ float clipped(float p) const { return __saturatef(fmaf(scale, p, shift)); }
+  // g = (zeta - gamma)·[0 <= v <= 1]·dy: the gradient reaching p through the (clipped) affine map.
+  template <class Variant>
+  __device__ __forceinline__ float upstream(float p, float dy) const {
+    if constexpr (Variant::clips) {
+      const float v = fmaf(scale, p, shift);
+      return (v >= 0.0f && v <= 1.0f) ? scale * dy : 0.0f;
+    } else {
+      return dy;
+    }
+  }
+};
+
+template <class Lengths>
+__device__ __forceinline__ int clamped_length(const Lengths& lengths, index_t row, index_t rows, int cols) {
+  if (row >= rows) return 0;
+  const index_t length = lengths.row_length(row, cols);
+  return static_cast<int>(length < 0 ? 0 : (length > cols ? cols : length));
+}
+
+template <class T>
+__device__ __forceinline__ T* row_pointer(T* data, index_t stride, index_t row, index_t rows) {
+  return row < rows ? data + row * stride : data;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+
+// Writes the packet at j of a NaN row: NaN at valid keys, 0 at masked ones.
+template <int N, class T>
+__device__ __forceinline__ void store_nan_packet(T* row, int j, int length, int cols) {
+  float v[N];
+#pragma unroll
+  for (int i = 0; i < N; ++i) v[i] = j + i < length ? __int_as_float(0x7fc00000) : 0.0f;
+  store_packet<N>(row, j, cols, v);
+}
+
+// y = variant(softmax(x)); p (if not null) = the unclipped softmax.
+template <class Shape, class Variant, class Lengths, class T>
+__global__ void __launch_bounds__(max_threads_per_block)
+    softmax_forward_kernel(const Variant variant, const Lengths lengths, index_t rows, int cols, int threads_per_row,
+                           const T* x, index_t x_stride, T* y, index_t y_stride, T* p, index_t p_stride) {
+  constexpr int N = Shape::packet;
+  __shared__ float max_slots[max_warps_per_block], sum_slots[max_warps_per_block];
+  const row_group group(threads_per_row);
+  const row_walk<N, Shape::cached> walk(group);
+  const int length = clamped_length(lengths, group.row, rows, cols);
+  const row_exponentials<Shape, T> ex(row_pointer(x, x_stride, group.row, rows), length, walk);
+  const row_softmax softmax = reduce_softmax<Variant>(group, ex, max_slots, sum_slots);
+  if (group.row >= rows) return;  // after the last barrier
+  T* y_row = y + group.row * y_stride;
+  T* p_row = p != nullptr ? p + group.row * p_stride : nullptr;
+  if (softmax.nan) {
+    walk(cols, [&](int, int j) {
+      store_nan_packet<N>(y_row, j, length, cols);
+      if (p_row != nullptr) store_nan_packet<N>(p_row, j, length, cols);
+    });
+    return;
+  }
+  const row_affine affine = row_affine::from(variant, length);
+  const probabilities<Shape, T> probability(ex, softmax);
+  walk(cols, [&](int k, int j) {
+    float pv[N], yv[N];
+    probability(k, j, pv);  // 0 at masked keys and in a dead row
+#pragma unroll
+    for (int i = 0; i < N; ++i) yv[i] = Variant::clips ? affine.clipped(pv[i]) : pv[i];
+    if (Variant::clips && !(softmax.live && j + N <= length)) {  // clip(gamma) may be > 0: mask explicitly
+#pragma unroll
+      for (int i = 0; i < N; ++i) yv[i] = softmax.live && j + i < length ? yv[i] : 0.0f;
+    }
+    store_packet<N>(y_row, j, cols, yv);
+    if (p_row != nullptr) store_packet<N>(p_row, j, cols, pv);
+  });
+}
+
+// dx = p (g - sum_k p_k g_k) from the saved unclipped softmax p and dy.
+template <class Shape, class Variant, class Lengths, class T>
+__global__ void __launch_bounds__(max_threads_per_block)
+    softmax_backward_kernel(const Variant variant, const Lengths lengths, index_t rows, int cols, int threads_per_row,
+                            const T* p, index_t p_stride, const T* dy, index_t dy_stride, T* dx, index_t dx_stride) {
+  constexpr int N = Shape::packet;
+  __shared__ float sum_slots[max_warps_per_block];
+  const row_group group(threads_per_row);
+  const row_walk<N, Shape::cached> walk(group);
+  const int length = clamped_length(lengths, group.row, rows, cols);
+  const row_source<T, N, Shape::cached> ps(row_pointer(p, p_stride, group.row, rows), length, from_float<T>(0.0f),
+                                           walk);
+  const row_source<T, N, Shape::cached> dys(row_pointer(dy, dy_stride, group.row, rows), length, from_float<T>(0.0f),
+                                            walk);
+  const row_affine affine = row_affine::from(variant, length);
+
+  float dot = 0.0f;
+  walk(length, [&](int k, int j) {
+    float pv[N], dyv[N];
+    ps.at(k, j, pv);
+    dys.at(k, j, dyv);
+#pragma unroll
+    for (int i = 0; i < N; ++i) dot = fmaf(pv[i], affine.upstream<Variant>(pv[i], dyv[i]), dot);
+  });
+  dot = group.reduce(dot, plus_op{}, sum_slots);
+  if (group.row >= rows) return;
+  T* dx_row = dx + group.row * dx_stride;
+  walk(cols, [&](int k, int j) {
+    float pv[N], dyv[N], out[N];
+    ps.at(k, j, pv);  // 0 at masked keys
+    dys.at(k, j, dyv);
+#pragma unroll
+    for (int i = 0; i < N; ++i) out[i] = pv[i] * (affine.upstream<Variant>(pv[i], dyv[i]) - dot);
+    if (j + N > length) {  // masked keys are exactly 0 even where dot is NaN
+#pragma unroll
+      for (int i = 0; i < N; ++i) out[i] = j + i < length ? out[i] : 0.0f;
+    }
+    store_packet<N>(dx_row, j, cols, out);
+  });
+}
+
+// dx from the scores x (p recomputed) and dy.
+template <class Shape, class Variant, class Lengths, class T>
+__global__ void __launch_bounds__(max_threads_per_block)
+    softmax_backward_from_scores_kernel(const Variant variant, const Lengths lengths, index_t rows, int cols,
+                                        int threads_per_row, const T* x, index_t x_stride, const T* dy,
+                                        index_t dy_stride, T* dx, index_t dx_stride) {
+  constexpr int N = Shape::packet;
+  __shared__ float max_slots[max_warps_per_block], sum_slots[max_warps_per_block], dot_slots[max_warps_per_block];
+  const row_group group(threads_per_row);
+  const row_walk<N, Shape::cached> walk(group);
+  const int length = clamped_length(lengths, group.row, rows, cols);
+  const row_exponentials<Shape, T> ex(row_pointer(x, x_stride, group.row, rows), length, walk);
+  const row_source<T, N, Shape::cached> dys(row_pointer(dy, dy_stride, group.row, rows), length, from_float<T>(0.0f),
+                                            walk);
+  const row_affine affine = row_affine::from(variant, length);
+  const row_softmax softmax = reduce_softmax<Variant>(group, ex, max_slots, sum_slots);
+  const probabilities<Shape, T> probability(ex, softmax);
+
+  float dot = 0.0f;
+  walk(length, [&](int k, int j) {
+    float pv[N], dyv[N];
+    probability(k, j, pv);
+    dys.at(k, j, dyv);
+#pragma unroll
+    for (int i = 0; i < N; ++i) dot = fmaf(pv[i], affine.upstream<Variant>(pv[i], dyv[i]), dot);
+  });
+  dot = group.reduce(dot, plus_op{}, dot_slots);
+  if (group.row >= rows) return;
+  T* dx_row = dx + group.row * dx_stride;
+  if (softmax.nan) {
+    walk(cols, [&](int, int j) { store_nan_packet<N>(dx_row, j, length, cols); });
+    return;
+  }
+  walk(cols, [&](int k, int j) {
+    float pv[N], dyv[N], out[N];
+    probability(k, j, pv);  // 0 at masked keys and in a dead row
+    dys.at(k, j, dyv);
+#pragma unroll
+    for (int i = 0; i < N; ++i) out[i] = pv[i] * (affine.upstream<Variant>(pv[i], dyv[i]) - dot);
+    if (!(softmax.live && j + N <= length)) {  // masked keys and dead rows are exactly 0, whatever dy holds
+#pragma unroll
+      for (int i = 0; i < N; ++i) out[i] = softmax.live && j + i < length ? out[i] : 0.0f;
+    }
+    store_packet<N>(dx_row, j, cols, out);
+  });
+}
+
+}  // namespace qsafe::detail::cuda
