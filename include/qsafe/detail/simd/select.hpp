@@ -150,7 +150,21 @@ selection<T> select_ranks(matrix_view<const T> x, std::span<const index_t> ranks
       any = true;
     }
   }
-  if (any) {
+  const bool first_level = std::all_of(targets.begin(), targets.end(),
+                                       [](const rank_target<T>& t) { return t.known == 16 || t.known == key_bits<T>; });
+  if (any && first_level) {
+    // The common case (no refinement): one table lookup per value finds its target, if any.
+    std::vector<int> slot(bins, -1);
+    for (std::size_t i = 0; i < targets.size(); ++i)
+      if (targets[i].known < key_bits<T> && slot[targets[i].prefix] < 0) slot[targets[i].prefix] = static_cast<int>(i);
+    for_each_value(x, [&](T v) {
+      const int s = slot[top_bin(v)];
+      if (s >= 0) gathered[static_cast<std::size_t>(s)].push_back(v);
+    });
+    for (std::size_t i = 0; i < targets.size(); ++i)  // targets sharing a bin share its values
+      if (targets[i].known < key_bits<T> && slot[targets[i].prefix] != static_cast<int>(i))
+        gathered[i] = gathered[static_cast<std::size_t>(slot[targets[i].prefix])];
+  } else if (any) {
     for_each_value(x, [&](T v) {
       const K key = order_key(v);
       for (std::size_t i = 0; i < targets.size(); ++i)
