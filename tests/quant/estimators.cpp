@@ -50,9 +50,12 @@ TEMPLATE_TEST_CASE("min-max estimator gives the extremes over all batches and me
     min_max_estimator<T> whole, left, right;
     T lo = std::numeric_limits<T>::infinity(), hi = -lo;
     for (int b = 0; b < batches; ++b) {
-      const index_t rows = random.integer(1, 5);
+      // A row stride with NaN padding: values outside the view must never be read.
+      const index_t rows = random.integer(1, 5), stride = cols + random.integer(0, 3);
       const std::vector<T> x = make_data<T>(random, kind, rows * cols);
-      const matrix_view<const T> xv(x.data(), rows, cols);
+      std::vector<T> padded(static_cast<std::size_t>(rows * stride), std::numeric_limits<T>::quiet_NaN());
+      for (index_t r = 0; r < rows; ++r) std::copy_n(x.begin() + r * cols, cols, padded.begin() + r * stride);
+      const matrix_view<const T> xv(padded.data(), rows, cols, stride);
       whole.observe(TestType::policy, xv);
       (b % 2 == 0 ? left : right).observe(TestType::policy, xv);
       for (const T v : x) lo = std::min(lo, v), hi = std::max(hi, v);

@@ -300,3 +300,35 @@ TEST_CASE("simd with threads gives the same bits as one thread and as the refere
   CHECK(a == b);
   CHECK(a == c);
 }
+
+TEMPLATE_TEST_CASE("code_t is the smallest integer type and quantize fills it for each bit width", "[quant][codes]",
+                   QSAFE_HOST_CONFIGS) {
+  static_assert(std::is_same_v<code_t<2, false>, std::uint8_t> && std::is_same_v<code_t<8, false>, std::uint8_t>);
+  static_assert(std::is_same_v<code_t<8, true>, std::int8_t> && std::is_same_v<code_t<9, true>, std::int16_t>);
+  static_assert(std::is_same_v<code_t<16, false>, std::uint16_t> && std::is_same_v<code_t<16, true>, std::int16_t>);
+  using T = typename TestType::element;
+  QSAFE_TEST_RNG(random);
+  std::vector<T> x(300);
+  for (auto& v : x) v = static_cast<T>(random.normal(0.0, 2.0));
+  const matrix_view<const T> xv(x.data(), 3, 100);
+  // Symmetric 8-bit weights: signed codes in int8, the full range reached at the extremes.
+  const quant_params sym = make_qparams<T>({-3.0, 3.0}, 8, quant_mode::symmetric);
+  std::vector<code_t<8, true>> q8(300);
+  quantize(TestType::policy, xv, sym, matrix_view<code_t<8, true>>(q8.data(), 3, 100));
+  // Asymmetric 16-bit: unsigned codes in uint16.
+  const quant_params asym = make_qparams<T>({-5.0, 5.0}, 16, quant_mode::asymmetric);
+  std::vector<code_t<16, false>> q16(300);
+  quantize(TestType::policy, xv, asym, matrix_view<code_t<16, false>>(q16.data(), 3, 100));
+  const reference_quantizer<T> ref8(sym), ref16(asym);
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    INFO("x = " << x[i]);
+    REQUIRE(static_cast<real>(q8[i]) == ref8.code(x[i]));
+    REQUIRE(static_cast<real>(q16[i]) == ref16.code(x[i]));
+  }
+  T big = 100, small = -100;
+  code_t<8, true> end = 0;
+  quantize(TestType::policy, matrix_view<const T>(&big, 1, 1), sym, matrix_view<code_t<8, true>>(&end, 1, 1));
+  CHECK(end == 127);
+  quantize(TestType::policy, matrix_view<const T>(&small, 1, 1), sym, matrix_view<code_t<8, true>>(&end, 1, 1));
+  CHECK(end == -128);
+}
