@@ -2,7 +2,7 @@
 // tensors, backward p, dy -> dx three) of qsafe's CUDA kernels next to a device-to-device copy of the same bytes
 // measured in the same process. CUDA events around each launch, median of --repeats after warm-up, on random data.
 //
-//   bench_cuda_softmax [--elements N] [--repeats R] [--csv FILE]
+//   bench_cuda_softmax [--elements N] [--repeats R] [--csv FILE] [--sweep]
 //
 // Prints a table; --csv writes the rows as op,variant,dtype,cols,impl,ms,tbps (scripts/gpu-check joins them with
 // bench/cuda/pytorch_softmax.py's rows).
@@ -124,6 +124,55 @@ void bench_type(const char* dtype, std::size_t elements, int repeats, std::vecto
   check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
 }
 
+// --sweep: the tuning choices of detail/cuda/dispatch_softmax.cuh measured directly: elements cached per thread
+// (threads per row follow) and the streamed shape, forward and backward from scores, vanilla, full rows.
+template <class T, int Cached>
+void sweep_shape(const char* dtype, std::size_t elements, int repeats, long cols, int stream_threads) {
+  namespace dc = qsafe::detail::cuda;
+  constexpr int packet = 16 / static_cast<int>(sizeof(T));
+  using shape = dc::softmax_shape<packet, Cached>;
+  const long rows = static_cast<long>(elements) / cols;
+  const int threads = Cached > 0 ? dc::power_of_two_at_least(cols / (packet * Cached), 4, 512) : stream_threads;
+  if (Cached > 0 && static_cast<long>(threads) * packet * Cached < cols) return;  // does not fit
+  buffer<T> x(elements), y(elements), dy(elements);
+  fill_random<<<1024, 256>>>(x.data, elements, 1u, 3.0f);
+  fill_random<<<1024, 256>>>(dy.data, elements, 2u, 1.0f);
+  const dc::launch_geometry g = dc::geometry("sweep", rows, threads);
+  const qsafe::vanilla_softmax variant{};
+  const qsafe::full_rows mode{};
+  cudaFuncAttributes fa{}, ba{};
+  check(cudaFuncGetAttributes(&fa, dc::softmax_forward_kernel<shape, qsafe::vanilla_softmax, qsafe::full_rows, T>),
+        "cudaFuncGetAttributes");
+  check(cudaFuncGetAttributes(
+            &ba, dc::softmax_backward_from_scores_kernel<shape, qsafe::vanilla_softmax, qsafe::full_rows, T>),
+        "cudaFuncGetAttributes");
+  const double fwd = median_ms(repeats, [&] {
+    dc::softmax_forward_kernel<shape><<<g.grid, dc::block_of(g)>>>(
+        variant, mode, rows, static_cast<int>(cols), threads, x.data, cols, y.data, cols, static_cast<T*>(nullptr), 0);
+  });
+  const double bwd = median_ms(repeats, [&] {
+    dc::softmax_backward_from_scores_kernel<shape><<<g.grid, dc::block_of(g)>>>(
+        variant, mode, rows, static_cast<int>(cols), threads, x.data, cols, dy.data, cols, y.data, cols);
+  });
+  check(cudaGetLastError(), "sweep launch");
+  const double bytes = static_cast<double>(rows * cols) * sizeof(T);
+  std::printf(
+      "sweep %-8s T=%5ld cached_elements=%3d threads_per_row=%3d regs=%3d/%3d  forward %6.3f TB/s  "
+      "backward_from_scores %6.3f TB/s\n",
+      dtype, cols, Cached * packet, threads, fa.numRegs, ba.numRegs, 2 * bytes / fwd * 1e-9, 3 * bytes / bwd * 1e-9);
+}
+
+template <class T>
+void sweep(const char* dtype, std::size_t elements, int repeats) {
+  constexpr int packet = 16 / static_cast<int>(sizeof(T));
+  for (const long cols : {2048L, 8192L}) {
+    sweep_shape<T, 16 / packet>(dtype, elements, repeats, cols, 0);
+    sweep_shape<T, 32 / packet>(dtype, elements, repeats, cols, 0);
+    sweep_shape<T, 64 / packet>(dtype, elements, repeats, cols, 0);
+    for (const int t : {128, 256, 512}) sweep_shape<T, 0>(dtype, elements, repeats, cols, t);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -142,6 +191,13 @@ int main(int argc, char** argv) {
   std::printf("# %s, %d SMs, %zu elements per tensor, median of %d\n", properties.name, properties.multiProcessorCount,
               elements, repeats);
 
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--sweep")) {
+      sweep<float>("float32", elements, repeats);
+      sweep<__nv_bfloat16>("bfloat16", elements, repeats);
+      return 0;
+    }
+  }
   std::vector<result> results;
   bench_type<float>("float32", elements, repeats, results);
   bench_type<__nv_bfloat16>("bfloat16", elements, repeats, results);

@@ -2,7 +2,7 @@
 // Chooses the kernel shape and launch geometry for a softmax-family op, and launches it (no allocation, no sync).
 //
 // Shapes, by row length in packets (16 bytes of elements) when every row start is 16-byte aligned:
-//   row fits in registers (<= max_threads_per_row · cached_elements): a row group of the smallest power of
+//   row fits in registers (<= max_threads_per_row · the op's cached elements): a row group of the smallest power of
 //     two of threads (>= 4) that holds it, several groups per block for short rows (a warp or less per row), one
 //     group per block for long rows (a block per row); each input read once;
 //   longer rows: a block per row that streams the row from memory at each pass (inputs read 2-3 times, mostly from
@@ -26,11 +26,22 @@ namespace qsafe::detail::cuda {
 
 // Tuning of the softmax family (each number with what chose it).
 struct softmax_tuning {
-  // Elements per thread held in registers (as fp32 exponentials, or raw): 16, i.e. 4 packets of floats or 2 of
-  // halves. With at most 512 threads per row (so up to 128 registers a thread) nothing spills (ptxas: 64-73
-  // registers for float; 4 packets of bf16 took 89-117, and capping them at 64 spilled 134-318 bytes); rows up to
-  // 8 K elements stay cached. (1024 threads per row caps registers at 64: the backward kernels spilled.)
-  static constexpr int cached_elements = 16;
+  // Elements per thread held in registers (forward: fp32 exponentials; backward: the raw inputs), per op and
+  // element type; threads per row follow (a power of two, 4 to 512). Measured with bench_cuda_softmax (--sweep
+  // for the forward), H100, 2^28 elements, TB/s against a copy of 2.98 (float) / 2.6-2.9 (bf16):
+  //   forward 32: float T = 2048 / 8192: 16 -> 3.00 / 2.88 (512 threads a row), 32 -> 2.97 / 2.98, 64 spills;
+  //     bf16 T = 2048 / 8192: 16 -> 2.19 / 1.74, 32 -> 2.78 / 2.72. Fewer threads a row: fewer barriers and
+  //     fewer registers spent per row beyond the data.
+  //   backward 16: bf16 T = 128 .. 8192 (clipped): 16 -> 2.67-2.99, 32 -> 2.53-2.60 (100 registers, so 2 blocks
+  //     an SM); float equal (3.04) both ways.
+  //   backward from scores, float 32: T = 8192: 16 -> 2.65-2.72, 32 -> 3.06; bf16 16: T = 128 / 8192:
+  //     16 -> 2.63-2.77 / 2.14-2.36, 32 -> 2.48-2.65 / 2.19-2.39.
+  template <class T>
+  static constexpr int forward_cached_elements = 32;
+  template <class T>
+  static constexpr int backward_cached_elements = 16;
+  template <class T>
+  static constexpr int backward_from_scores_cached_elements = sizeof(T) == 4 ? 32 : 16;
   // Threads per block when several short rows share a block: 256 gives 8 blocks (2048 threads) per SM.
   static constexpr int block_threads = 256;
   static constexpr int min_threads_per_row = 4;
@@ -65,12 +76,13 @@ bool aligned_16(const T* data, index_t row_stride, index_t rows) {
          (rows <= 1 || (static_cast<std::size_t>(row_stride) * sizeof(T)) % 16 == 0);
 }
 
-// Calls launch(shape, geometry) with the shape for these rows; checks the launch.
-template <class T, class Launch>
+// Calls launch(shape, geometry) with the shape for these rows (CachedElements per thread when the row fits);
+// checks the launch.
+template <class T, int CachedElements, class Launch>
 void launch_rows(std::string_view function, index_t rows, index_t cols, bool aligned, Launch&& launch) {
   using tuning = softmax_tuning;
   constexpr int packet = 16 / static_cast<int>(sizeof(T));
-  constexpr int cached = tuning::cached_elements / packet;
+  constexpr int cached = CachedElements / packet;
   const index_t packets = (cols + packet - 1) / packet;
   if (aligned && packets <= static_cast<index_t>(tuning::max_threads_per_row) * cached) {
     const int threads = power_of_two_at_least((packets + cached - 1) / cached, tuning::min_threads_per_row,
@@ -95,11 +107,12 @@ void softmax_forward(cudaStream_t stream, const Variant& variant, const Lengths&
                      matrix_view<T> y, T* p, index_t p_stride) {
   const bool aligned = aligned_16(x.data, x.row_stride, x.rows) && aligned_16(y.data, y.row_stride, y.rows) &&
                        (p == nullptr || aligned_16(p, p_stride, x.rows));
-  launch_rows<T>("softmax_forward", x.rows, x.cols, aligned, [&](auto shape, const launch_geometry& g) {
-    softmax_forward_kernel<decltype(shape)><<<g.grid, block_of(g), 0, stream>>>(
-        variant, device_form(lengths), x.rows, static_cast<int>(x.cols), g.threads_per_row, x.data, x.row_stride,
-        y.data, y.row_stride, p, p_stride);
-  });
+  launch_rows<T, softmax_tuning::forward_cached_elements<T>>(
+      "softmax_forward", x.rows, x.cols, aligned, [&](auto shape, const launch_geometry& g) {
+        softmax_forward_kernel<decltype(shape)><<<g.grid, block_of(g), 0, stream>>>(
+            variant, device_form(lengths), x.rows, static_cast<int>(x.cols), g.threads_per_row, x.data, x.row_stride,
+            y.data, y.row_stride, p, p_stride);
+      });
 }
 
 template <class Variant, class Lengths, class T>
@@ -107,11 +120,12 @@ void softmax_backward(cudaStream_t stream, const Variant& variant, const Lengths
                       matrix_view<const T> dy, matrix_view<T> dx) {
   const bool aligned = aligned_16(p.data, p.row_stride, p.rows) && aligned_16(dy.data, dy.row_stride, dy.rows) &&
                        aligned_16(dx.data, dx.row_stride, dx.rows);
-  launch_rows<T>("softmax_backward", p.rows, p.cols, aligned, [&](auto shape, const launch_geometry& g) {
-    softmax_backward_kernel<decltype(shape)><<<g.grid, block_of(g), 0, stream>>>(
-        variant, device_form(lengths), p.rows, static_cast<int>(p.cols), g.threads_per_row, p.data, p.row_stride,
-        dy.data, dy.row_stride, dx.data, dx.row_stride);
-  });
+  launch_rows<T, softmax_tuning::backward_cached_elements<T>>(
+      "softmax_backward", p.rows, p.cols, aligned, [&](auto shape, const launch_geometry& g) {
+        softmax_backward_kernel<decltype(shape)><<<g.grid, block_of(g), 0, stream>>>(
+            variant, device_form(lengths), p.rows, static_cast<int>(p.cols), g.threads_per_row, p.data, p.row_stride,
+            dy.data, dy.row_stride, dx.data, dx.row_stride);
+      });
 }
 
 template <class Variant, class Lengths, class T>
@@ -119,11 +133,12 @@ void softmax_backward_from_scores(cudaStream_t stream, const Variant& variant, c
                                   matrix_view<const T> x, matrix_view<const T> dy, matrix_view<T> dx) {
   const bool aligned = aligned_16(x.data, x.row_stride, x.rows) && aligned_16(dy.data, dy.row_stride, dy.rows) &&
                        aligned_16(dx.data, dx.row_stride, dx.rows);
-  launch_rows<T>("softmax_backward_from_scores", x.rows, x.cols, aligned, [&](auto shape, const launch_geometry& g) {
-    softmax_backward_from_scores_kernel<decltype(shape)><<<g.grid, block_of(g), 0, stream>>>(
-        variant, device_form(lengths), x.rows, static_cast<int>(x.cols), g.threads_per_row, x.data, x.row_stride,
-        dy.data, dy.row_stride, dx.data, dx.row_stride);
-  });
+  launch_rows<T, softmax_tuning::backward_from_scores_cached_elements<T>>(
+      "softmax_backward_from_scores", x.rows, x.cols, aligned, [&](auto shape, const launch_geometry& g) {
+        softmax_backward_from_scores_kernel<decltype(shape)><<<g.grid, block_of(g), 0, stream>>>(
+            variant, device_form(lengths), x.rows, static_cast<int>(x.cols), g.threads_per_row, x.data, x.row_stride,
+            dy.data, dy.row_stride, dx.data, dx.row_stride);
+      });
 }
 
 }  // namespace qsafe::detail::cuda
