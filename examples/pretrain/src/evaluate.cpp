@@ -3,8 +3,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <map>
 #include <functional>
+#include <map>
 #include <memory>
 
 #include "fmt/core.h"
@@ -153,12 +153,19 @@ bool quantized_site(site s, bool bert) {
 }
 
 std::string site_tensor(site s, int layer) {
-  static const std::map<site, std::string> names = {
-      {site::embedding_sum, "embed.sum"}, {site::embedding_norm, "embed.norm"}, {site::scores, "attn.scores"},
-      {site::softmax, "attn.softmax"},    {site::context, "attn.context"},      {site::attention_out, "attn.out"},
-      {site::residual1, "residual1"},     {site::norm1, "norm1"},               {site::fc1, "mlp.fc1"},
-      {site::fc2, "mlp.fc2"},             {site::residual2, "residual2"},       {site::norm2, "norm2"},
-      {site::final_norm, "final_norm"}};
+  static const std::map<site, std::string> names = {{site::embedding_sum, "embed.sum"},
+                                                    {site::embedding_norm, "embed.norm"},
+                                                    {site::scores, "attn.scores"},
+                                                    {site::softmax, "attn.softmax"},
+                                                    {site::context, "attn.context"},
+                                                    {site::attention_out, "attn.out"},
+                                                    {site::residual1, "residual1"},
+                                                    {site::norm1, "norm1"},
+                                                    {site::fc1, "mlp.fc1"},
+                                                    {site::fc2, "mlp.fc2"},
+                                                    {site::residual2, "residual2"},
+                                                    {site::norm2, "norm2"},
+                                                    {site::final_norm, "final_norm"}};
   const std::string& n = names.at(s);
   return layer < 0 ? n : "layers." + std::to_string(layer) + "." + n;
 }
@@ -259,10 +266,11 @@ std::vector<std::string> quantized_tensors(const model_config& c) {
   if (bert) names.insert(names.end(), {"embed.norm.weight", "embed.norm"});
   for (int l = 0; l < c.layers; ++l) {
     const std::string p = "layers." + std::to_string(l) + ".";
-    for (const char* n : {"norm1.weight", "norm2.weight", "attn.q.weight", "attn.k.weight", "attn.v.weight",
-                          "attn.out.weight", "mlp.fc1.weight", "mlp.fc2.weight", "norm1", "attn.q", "attn.k", "attn.v",
-                          "attn.scores", "attn.softmax", "attn.context", "attn.out", "residual1", "mlp.fc1", "mlp.fc2",
-                          "residual2", "norm2"}) {
+    for (const char* n :
+         {"norm1.weight",   "norm2.weight",   "attn.q.weight", "attn.k.weight", "attn.v.weight", "attn.out.weight",
+          "mlp.fc1.weight", "mlp.fc2.weight", "norm1",         "attn.q",        "attn.k",        "attn.v",
+          "attn.scores",    "attn.softmax",   "attn.context",  "attn.out",      "residual1",     "mlp.fc1",
+          "mlp.fc2",        "residual2",      "norm2"}) {
       names.push_back(p + n);
     }
   }
@@ -322,8 +330,9 @@ lm_result evaluate_fp(model<float>& net, const token_data& data, const eval_opti
       kurtosis_sum += m.kurtosis;
       stats->modules.push_back(std::move(m));
     }
-    std::sort(stats->modules.begin(), stats->modules.end(),
-              [](const module_stats& a, const module_stats& b) { return std::tie(a.layer, a.module) < std::tie(b.layer, b.module); });
+    std::sort(stats->modules.begin(), stats->modules.end(), [](const module_stats& a, const module_stats& b) {
+      return std::tie(a.layer, a.module) < std::tie(b.layer, b.module);
+    });
     stats->avg_kurtosis = stats->modules.empty() ? 0.0 : kurtosis_sum / static_cast<double>(stats->modules.size());
   }
   return r;
@@ -372,8 +381,8 @@ quant_result evaluate_quantized(model<float>& net, const token_data& data, const
 
   // calibration: static activation ranges from FP activations of the weight-quantized model
   const auto& split = o.calibration_split == "train" ? data.train : data.validation;
-  run_stream(net, split, data, T, o.calibration_batches * o.calibration_batch, o.calibration_batch, o.seed + 1,
-             current, nullptr);
+  run_stream(net, split, data, T, o.calibration_batches * o.calibration_batch, o.calibration_batch, o.seed + 1, current,
+             nullptr);
   for (auto& [name, q] : quantizers) {
     q.params = q.qparams(o.activation_bits);
   }
@@ -406,7 +415,8 @@ std::vector<std::pair<int, lm_result>> length_study(model<float>& net, const tok
 namespace {
 
 nlohmann::json to_json(const lm_result& r) {
-  nlohmann::json j = {{"loss", r.loss}, {"perplexity", r.perplexity}, {"sequences", r.sequences}, {"targets", r.targets}};
+  nlohmann::json j = {
+      {"loss", r.loss}, {"perplexity", r.perplexity}, {"sequences", r.sequences}, {"targets", r.targets}};
   j["accuracy"] = std::isnan(r.accuracy) ? nlohmann::json(nullptr) : nlohmann::json(r.accuracy);
   return j;
 }
@@ -447,8 +457,9 @@ nlohmann::json evaluate_checkpoint(const std::filesystem::path& checkpoint, cons
       }
       j["stats"] = {{"max_inf_norm", stats.max_inf_norm},
                     {"avg_kurtosis", stats.avg_kurtosis},
-                    {"definition", "Pearson kurtosis and inf-norm per sequence over T*d values, averaged over "
-                                   "sequences; max / mean over modules (REFERENCE 3)"},
+                    {"definition",
+                     "Pearson kurtosis and inf-norm per sequence over T*d values, averaged over "
+                     "sequences; max / mean over modules (REFERENCE 3)"},
                     {"modules", modules}};
       log(fmt::format("max inf-norm {:.2f}, avg kurtosis {:.2f}", stats.max_inf_norm, stats.avg_kurtosis));
     }

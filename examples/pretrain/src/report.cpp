@@ -55,8 +55,9 @@ run_data read_run(const fs::path& dir) {
     }
     r.evals.push_back(std::move(j));
   }
-  std::sort(r.evals.begin(), r.evals.end(),
-            [](const json& a, const json& b) { return a.at("step").get<std::int64_t>() < b.at("step").get<std::int64_t>(); });
+  std::sort(r.evals.begin(), r.evals.end(), [](const json& a, const json& b) {
+    return a.at("step").get<std::int64_t>() < b.at("step").get<std::int64_t>();
+  });
   for (const json& e : r.evals)
     if (complete(e)) r.final = e;
   if (r.final.is_null()) {
@@ -165,7 +166,8 @@ report_result write_report(const report_options& options) {
   }
 
   // gap over checkpoints
-  md << "\n## FP vs " << wa << " over training\n\n| run | step | FP ppl | " << wa << " ppl | gap |\n|---|---|---|---|---|\n";
+  md << "\n## FP vs " << wa << " over training\n\n| run | step | FP ppl | " << wa
+     << " ppl | gap |\n|---|---|---|---|---|\n";
   for (const run_data& r : runs) {
     for (const json& e : r.evals) {
       if (!e.contains("fp") || !e.contains("quantized")) continue;
@@ -215,7 +217,7 @@ report_result write_report(const report_options& options) {
       std::map<int, std::map<std::string, std::pair<double, double>>> by_layer;
       for (const json& m : r.final.at("stats").at("modules")) {
         by_layer[m.at("layer").get<int>()][m.at("module").get<std::string>()] = {m.at("kurtosis").get<double>(),
-                                                                                m.at("inf_norm").get<double>()};
+                                                                                 m.at("inf_norm").get<double>()};
       }
       f << "# layer output_kurtosis output_inf_norm ffn_kurtosis ffn_inf_norm\n";
       for (auto& [layer, mods] : by_layer) {
@@ -276,8 +278,9 @@ report_result write_report(const report_options& options) {
     if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) {
       fmt::print(stderr, "report: gnuplot not found (apt-get install gnuplot-nox); plots skipped\n");
     } else {
-      const std::string cmd = fmt::format("cd '{}' && gnuplot plots.gp", options.out.string());
-      if (std::system(cmd.c_str()) != 0) throw user_error("report: gnuplot failed on " + (options.out / "plots.gp").string());
+      const std::string cmd = fmt::format("cd '{}' && gnuplot plots.gp 2> plots.log", options.out.string());
+      if (std::system(cmd.c_str()) != 0)
+        throw user_error("report: gnuplot failed on " + (options.out / "plots.gp").string());
       for (const std::string& p : pngs) result.plots.push_back(options.out / p);
       md << "\n## Plots\n\n";
       for (const std::string& p : pngs) md << "![" << p << "](" << p << ")\n";
