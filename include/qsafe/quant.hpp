@@ -229,9 +229,10 @@ void fake_quantize(const Policy& policy, matrix_view<const std::type_identity_t<
   detail::check_view("fake_quantize", "x", x);
   detail::check_same_shape("fake_quantize", "y", y, "x", x);
   detail::check_params("fake_quantize", "params", params);
+  const bool streaming = detail::streaming_output(policy, static_cast<std::size_t>(y.size()) * sizeof(T));
   const detail::uniform_params<T> p{detail::to_lanes<T>(params)};
   detail::for_each_row(detail::thread_count(policy), x.rows,
-                       [&](index_t r) { detail::fake_quantize_row(policy, p, x.cols, x.row(r), y.row(r)); });
+                       [&](index_t r) { detail::fake_quantize_row(policy, p, x.cols, x.row(r), y.row(r), streaming); });
 }
 
 /// Fake-quantize per channel (see the contract above for `axis`).
@@ -241,9 +242,10 @@ void fake_quantize(const Policy& policy, matrix_view<const std::type_identity_t<
   detail::check_view("fake_quantize", "x", x);
   detail::check_same_shape("fake_quantize", "y", y, "x", x);
   detail::check_channels("fake_quantize", params, axis, x.rows, x.cols);
+  const bool streaming = detail::streaming_output(policy, static_cast<std::size_t>(y.size()) * sizeof(T));
   detail::for_each_channel_row<T>(
       detail::thread_count(policy), x.rows, x.cols, params, axis,
-      [&](index_t r, const auto& p) { detail::fake_quantize_row(policy, p, x.cols, x.row(r), y.row(r)); });
+      [&](index_t r, const auto& p) { detail::fake_quantize_row(policy, p, x.cols, x.row(r), y.row(r), streaming); });
 }
 
 /// Straight-through backward of fake_quantize (PyTorch's convention): `dx = dy` where the unclamped code
@@ -256,9 +258,10 @@ void fake_quantize_backward(const Policy& policy, matrix_view<const std::type_id
   detail::check_same_shape("fake_quantize_backward", "dy", dy, "x", x);
   detail::check_same_shape("fake_quantize_backward", "dx", dx, "x", x);
   detail::check_params("fake_quantize_backward", "params", params);
+  const bool streaming = detail::streaming_output(policy, static_cast<std::size_t>(dx.size()) * sizeof(T));
   const detail::uniform_params<T> p{detail::to_lanes<T>(params)};
   detail::for_each_row(detail::thread_count(policy), x.rows, [&](index_t r) {
-    detail::fake_quantize_backward_row(policy, p, x.cols, x.row(r), dy.row(r), dx.row(r));
+    detail::fake_quantize_backward_row(policy, p, x.cols, x.row(r), dy.row(r), dx.row(r), streaming);
   });
 }
 
@@ -271,9 +274,10 @@ void fake_quantize_backward(const Policy& policy, matrix_view<const std::type_id
   detail::check_same_shape("fake_quantize_backward", "dy", dy, "x", x);
   detail::check_same_shape("fake_quantize_backward", "dx", dx, "x", x);
   detail::check_channels("fake_quantize_backward", params, axis, x.rows, x.cols);
+  const bool streaming = detail::streaming_output(policy, static_cast<std::size_t>(dx.size()) * sizeof(T));
   detail::for_each_channel_row<T>(
       detail::thread_count(policy), x.rows, x.cols, params, axis, [&](index_t r, const auto& p) {
-        detail::fake_quantize_backward_row(policy, p, x.cols, x.row(r), dy.row(r), dx.row(r));
+        detail::fake_quantize_backward_row(policy, p, x.cols, x.row(r), dy.row(r), dx.row(r), streaming);
       });
 }
 

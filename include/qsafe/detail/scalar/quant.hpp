@@ -91,13 +91,18 @@ void dequantize_row(const Params& params, index_t n, const Code* q, T* y) {
 
 namespace qsafe::detail {
 
+// `streaming` (a store hint for large outputs) does not change results; the reference ignores it.
 template <class Params, class T>
-void fake_quantize_row(cpu_t, const Params& params, index_t n, const T* x, T* y) {
+void fake_quantize_row(cpu_t, const Params& params, index_t n, const T* x, T* y, bool /*streaming*/) {
   scalar::fake_quantize_row(params, n, x, y);
 }
 template <class Params, class T>
-void fake_quantize_backward_row(cpu_t, const Params& params, index_t n, const T* x, const T* dy, T* dx) {
+void fake_quantize_backward_row(cpu_t, const Params& params, index_t n, const T* x, const T* dy, T* dx,
+                                bool /*streaming*/) {
   scalar::fake_quantize_backward_row(params, n, x, dy, dx);
+}
+inline bool streaming_output(cpu_t, std::size_t) {
+  return false;
 }
 template <class Params, class T, class Code>
 void quantize_row(cpu_t, const Params& params, index_t n, const T* x, Code* q) {

@@ -3,8 +3,14 @@
 // (x·inv_s, nearbyint, + z, clamp, (q − z)·s), so results are bit-identical to them. Tails go through the
 // same vector code.
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <type_traits>
 #include <xsimd/xsimd.hpp>
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
 
 #include "qsafe/detail/scalar/quant.hpp"
 #include "qsafe/detail/simd/batch_io.hpp"
@@ -62,26 +68,102 @@ batch<T> clamp_code(const lane_batches<T>& p, const batch<T>& v) {
   return xsimd::select(v < p.quant_min, p.quant_min, xsimd::select(v > p.quant_max, p.quant_max, v));
 }
 
+// Tuning: outputs at least this large are written with non-temporal stores (the line is written without being
+// read first, and does not evict the input). Measured on the dev machine (AVX2), fake_quantize of 2^27 floats:
+// 0.73 -> 0.50 ns/element (memcpy 0.44-0.48). Below the L3 size (32 MiB there) plain stores leave y in cache for
+// the next op.
+inline constexpr std::size_t streaming_store_bytes = std::size_t{32} << 20;
+
+// Non-temporal store of a full batch to an address aligned to the batch's size; a plain store on ISAs without one.
+template <class T>
+void store_stream(T* p, const batch<T>& v) {
+  constexpr std::size_t bytes = sizeof(typename batch<T>::register_type);
+  if constexpr (false) {
+  }
+#if defined(__AVX512F__)
+  else if constexpr (bytes == 64) {
+    if constexpr (std::is_same_v<T, float>) {
+      _mm512_stream_ps(p, v);
+    } else {
+      _mm512_stream_pd(p, v);
+    }
+  }
+#endif
+#if defined(__AVX__)
+  else if constexpr (bytes == 32) {
+    if constexpr (std::is_same_v<T, float>) {
+      _mm256_stream_ps(p, v);
+    } else {
+      _mm256_stream_pd(p, v);
+    }
+  }
+#endif
+#if defined(__SSE2__)
+  else if constexpr (bytes == 16) {
+    if constexpr (std::is_same_v<T, float>) {
+      _mm_stream_ps(p, v);
+    } else {
+      _mm_stream_pd(p, v);
+    }
+  }
+#endif
+  else {
+    v.store_aligned(p);
+  }
+}
+
+// Runs value(j, m, tail) -> batch over [0, n) and stores each batch at out + j. Streaming: a partial batch up to
+// the first address aligned to the batch size, non-temporal stores from there, a partial batch at the end (the
+// same vector code everywhere, so the results do not depend on the store path).
+template <class T, class Value>
+[[gnu::always_inline]] inline void for_each_output_batch(index_t n, T* out, bool streaming, Value&& value) {
+  constexpr index_t width = static_cast<index_t>(batch<T>::size);
+  if (!streaming) {
+    for_each_batch<T>(
+        n, [&](index_t j, index_t m, auto tail) { store<decltype(tail)::value>(out + j, m, value(j, m, tail)); });
+    return;
+  }
+  constexpr auto alignment = sizeof(batch<T>);
+  const auto misalignment = reinterpret_cast<std::uintptr_t>(out) % alignment;
+  index_t j = misalignment == 0 || misalignment % sizeof(T) != 0
+                  ? 0
+                  : std::min(n, static_cast<index_t>((alignment - misalignment) / sizeof(T)));
+  if (j > 0) store<true>(out, j, value(index_t(0), j, std::true_type{}));
+  const bool aligned = reinterpret_cast<std::uintptr_t>(out + j) % alignment == 0;
+  for (; j + width <= n; j += width) {
+    const batch<T> v = value(j, width, std::false_type{});
+    if (aligned) {
+      store_stream(out + j, v);
+    } else {
+      v.store_unaligned(out + j);
+    }
+  }
+  if (j < n) store<true>(out + j, n - j, value(j, n - j, std::true_type{}));
+#if defined(__SSE__)
+  _mm_sfence();  // order the non-temporal stores before anything that follows
+#endif
+}
+
 template <class Params, class T>
-void fake_quantize_row(const Params& params, index_t n, const T* x, T* y) {
+void fake_quantize_row(const Params& params, index_t n, const T* x, T* y, bool streaming) {
   const auto lanes = lanes_for(params);
-  for_each_batch<T>(n, [&](index_t j, index_t m, auto tail) {
+  for_each_output_batch<T>(n, y, streaming, [&](index_t j, index_t m, auto tail) {
     constexpr bool is_tail = decltype(tail)::value;
     const auto& p = lanes.template get<is_tail>(j, m);
     const batch<T> q = clamp_code(p, unclamped_code(p, load<is_tail>(x + j, m, T(0))));
-    store<is_tail>(y + j, m, (q - p.zero_point) * p.scale);
+    return batch<T>((q - p.zero_point) * p.scale);
   });
 }
 
 template <class Params, class T>
-void fake_quantize_backward_row(const Params& params, index_t n, const T* x, const T* dy, T* dx) {
+void fake_quantize_backward_row(const Params& params, index_t n, const T* x, const T* dy, T* dx, bool streaming) {
   const auto lanes = lanes_for(params);
-  for_each_batch<T>(n, [&](index_t j, index_t m, auto tail) {
+  for_each_output_batch<T>(n, dx, streaming, [&](index_t j, index_t m, auto tail) {
     constexpr bool is_tail = decltype(tail)::value;
     const auto& p = lanes.template get<is_tail>(j, m);
     const batch<T> v = unclamped_code(p, load<is_tail>(x + j, m, T(0)));
     const batch<T> g = load<is_tail>(dy + j, m, T(0));
-    store<is_tail>(dx + j, m, xsimd::select((v >= p.quant_min) && (v <= p.quant_max), g, batch<T>(T(0))));
+    return xsimd::select((v >= p.quant_min) && (v <= p.quant_max), g, batch<T>(T(0)));
   });
 }
 
@@ -106,12 +188,17 @@ void quantize_row(const Params& params, index_t n, const T* x, Code* q) {
 namespace qsafe::detail {
 
 template <class Params, class T>
-void fake_quantize_row(simd_t, const Params& params, index_t n, const T* x, T* y) {
-  simd::fake_quantize_row(params, n, x, y);
+void fake_quantize_row(simd_t, const Params& params, index_t n, const T* x, T* y, bool streaming) {
+  simd::fake_quantize_row(params, n, x, y, streaming);
 }
 template <class Params, class T>
-void fake_quantize_backward_row(simd_t, const Params& params, index_t n, const T* x, const T* dy, T* dx) {
-  simd::fake_quantize_backward_row(params, n, x, dy, dx);
+void fake_quantize_backward_row(simd_t, const Params& params, index_t n, const T* x, const T* dy, T* dx,
+                                bool streaming) {
+  simd::fake_quantize_backward_row(params, n, x, dy, dx, streaming);
+}
+// Whether a call writing `bytes` of output should stream it past the caches.
+inline bool streaming_output(simd_t, std::size_t bytes) {
+  return bytes >= simd::streaming_store_bytes;
 }
 template <class Params, class T, class Code>
 void quantize_row(simd_t, const Params& params, index_t n, const T* x, Code* q) {
