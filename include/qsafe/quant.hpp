@@ -189,7 +189,8 @@ void for_each_channel_row(int threads, index_t rows, index_t cols, std::span<con
 /// - symmetric: `s = max(max(|lo|, |hi|)/(2^(b−1) − 1), FLT_EPSILON)`, signed codes, `z = 0`; if `lo >= 0`,
 ///   `s = max(hi/(2^b − 1), FLT_EPSILON)` with unsigned codes.
 /// A degenerate range (`lo == hi`, e.g. all zeros) gives `s = FLT_EPSILON`, never 0 or NaN.
-/// Throws `std::invalid_argument` for bits outside [2, 16], an unknown mode, a non-finite or inverted range.
+/// Throws `std::invalid_argument` for bits outside [2, 16], an unknown mode, a non-finite or inverted range, or an
+/// asymmetric range whose width overflows `T`.
 template <host_element T>
 quant_params make_qparams(value_range range, int bits, quant_mode mode) {
   detail::check_bits("make_qparams", bits);
@@ -212,6 +213,11 @@ quant_params make_qparams(value_range range, int bits, quant_mode mode) {
   if (mode == quant_mode::asymmetric) {
     const T lo0 = std::min(lo, T(0)), hi0 = std::max(hi, T(0));
     const T s = std::max((hi0 - lo0) / levels, eps);
+    if (!std::isfinite(s)) {
+      detail::fail("make_qparams", "range",
+                   "[" + std::to_string(range.lo) + ", " + std::to_string(range.hi) +
+                       "] is too wide for the element type (hi - lo overflows)");
+    }
     const T z = static_cast<T>(p.quant_min) - std::nearbyint(lo0 / s);
     p.scale = static_cast<double>(s);
     p.zero_point = static_cast<std::int32_t>(std::clamp(z, static_cast<T>(p.quant_min), static_cast<T>(p.quant_max)));

@@ -36,6 +36,9 @@ TEST_CASE("quantizer parameter errors name the argument and write nothing", "[qu
   CHECK_THROWS_WITH(make_qparams<float>({2, 1}, 8, quant_mode::asymmetric), Contains("'range'"));
   CHECK_THROWS_WITH(make_qparams<float>({0, std::numeric_limits<double>::quiet_NaN()}, 8, quant_mode::asymmetric),
                     Contains("'range'"));
+  CHECK_THROWS_WITH(make_qparams<float>({-3e38, 3e38}, 8, quant_mode::asymmetric),
+                    Contains("'range'") && Contains("wide"));
+  CHECK_NOTHROW(make_qparams<float>({-3e38, 3e38}, 8, quant_mode::symmetric));
   CHECK_THROWS_WITH(fake_quantize(simd, b.xv, quant_params{0.0, 0, 0, 255}, b.yv),
                     Contains("'params'") && Contains("scale"));
   CHECK_THROWS_WITH(fake_quantize(cpu, b.xv, quant_params{std::numeric_limits<double>::infinity(), 0, 0, 255}, b.yv),
