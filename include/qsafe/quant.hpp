@@ -165,9 +165,8 @@ inline void check_channels(std::string_view function, std::span<const quant_para
 // Runs row_op(row, params) with each row's parameters: uniform_params per row along the row axis,
 // column_params along the column axis.
 template <class T, class RowOp>
-void for_each_channel_row(int threads, index_t rows, index_t cols, std::span<const quant_params> params,
-                          channel_axis axis, RowOp&& row_op) {
-  (void)cols;
+void for_each_channel_row(int threads, index_t rows, std::span<const quant_params> params, channel_axis axis,
+                          RowOp&& row_op) {
   if (axis == channel_axis::column) {
     const column_param_storage<T> storage(params);
     const column_params<T> columns = storage.view();
@@ -249,9 +248,9 @@ void fake_quantize(const Policy& policy, matrix_view<const std::type_identity_t<
   detail::check_same_shape("fake_quantize", "y", y, "x", x);
   detail::check_channels("fake_quantize", params, axis, x.rows, x.cols);
   const bool streaming = detail::streaming_output(policy, static_cast<std::size_t>(y.size()) * sizeof(T));
-  detail::for_each_channel_row<T>(
-      detail::thread_count(policy), x.rows, x.cols, params, axis,
-      [&](index_t r, const auto& p) { detail::fake_quantize_row(policy, p, x.cols, x.row(r), y.row(r), streaming); });
+  detail::for_each_channel_row<T>(detail::thread_count(policy), x.rows, params, axis, [&](index_t r, const auto& p) {
+    detail::fake_quantize_row(policy, p, x.cols, x.row(r), y.row(r), streaming);
+  });
 }
 
 /// Straight-through backward of fake_quantize (PyTorch's convention): `dx = dy` where the unclamped code
@@ -281,10 +280,9 @@ void fake_quantize_backward(const Policy& policy, matrix_view<const std::type_id
   detail::check_same_shape("fake_quantize_backward", "dx", dx, "x", x);
   detail::check_channels("fake_quantize_backward", params, axis, x.rows, x.cols);
   const bool streaming = detail::streaming_output(policy, static_cast<std::size_t>(dx.size()) * sizeof(T));
-  detail::for_each_channel_row<T>(
-      detail::thread_count(policy), x.rows, x.cols, params, axis, [&](index_t r, const auto& p) {
-        detail::fake_quantize_backward_row(policy, p, x.cols, x.row(r), dy.row(r), dx.row(r), streaming);
-      });
+  detail::for_each_channel_row<T>(detail::thread_count(policy), x.rows, params, axis, [&](index_t r, const auto& p) {
+    detail::fake_quantize_backward_row(policy, p, x.cols, x.row(r), dy.row(r), dx.row(r), streaming);
+  });
 }
 
 /// Quantize to integer codes `q = clip(z + nearbyint(x·inv_s), quant_min, quant_max)`; the code range must
@@ -308,9 +306,9 @@ void quantize(const Policy& policy, matrix_view<const T> x, std::span<const quan
   detail::check_same_shape("quantize", "q", q, "x", x);
   detail::check_channels("quantize", params, axis, x.rows, x.cols);
   for (const quant_params& p : params) detail::check_code_type<Code>("quantize", "params", p);
-  detail::for_each_channel_row<T>(
-      detail::thread_count(policy), x.rows, x.cols, params, axis,
-      [&](index_t r, const auto& p) { detail::quantize_row(policy, p, x.cols, x.row(r), q.row(r)); });
+  detail::for_each_channel_row<T>(detail::thread_count(policy), x.rows, params, axis, [&](index_t r, const auto& p) {
+    detail::quantize_row(policy, p, x.cols, x.row(r), q.row(r));
+  });
 }
 
 /// Dequantize integer codes: `y = (q − z)·s` in the element type.
@@ -331,9 +329,9 @@ void dequantize(const Policy& policy, matrix_view<const Code> q, std::span<const
   detail::check_view("dequantize", "q", q);
   detail::check_same_shape("dequantize", "y", y, "q", q);
   detail::check_channels("dequantize", params, axis, q.rows, q.cols);
-  detail::for_each_channel_row<T>(
-      detail::thread_count(policy), q.rows, q.cols, params, axis,
-      [&](index_t r, const auto& p) { detail::dequantize_row(policy, p, q.cols, q.row(r), y.row(r)); });
+  detail::for_each_channel_row<T>(detail::thread_count(policy), q.rows, params, axis, [&](index_t r, const auto& p) {
+    detail::dequantize_row(policy, p, q.cols, q.row(r), y.row(r));
+  });
 }
 
 }  // namespace qsafe
