@@ -13,6 +13,7 @@
 #include <string>
 #include <string_view>
 
+#include "qsafe/detail/cuda/element.cuh"
 #include "qsafe/execution.hpp"
 
 namespace qsafe {
@@ -21,6 +22,10 @@ namespace qsafe {
 struct cuda_t {
   cudaStream_t stream = nullptr;
 };
+
+/// The element types the CUDA backend supports (fp32 arithmetic inside for all of them).
+template <class T>
+concept cuda_element = detail::cuda::is_device_element<T>;
 
 /// A CUDA runtime error, with the op and the call that reported it.
 class cuda_error : public std::runtime_error {

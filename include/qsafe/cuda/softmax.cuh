@@ -42,10 +42,6 @@
 
 namespace qsafe {
 
-/// The element types the CUDA backend supports.
-template <class T>
-concept cuda_element = detail::cuda::is_device_element<T>;
-
 /// A row-length mode the CUDA backend can check without reading its lengths.
 template <class M>
 concept device_row_length_mode = row_length_mode<M> && requires(const M& m, index_t r, std::string_view function) {

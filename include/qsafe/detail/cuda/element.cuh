@@ -60,19 +60,38 @@ __device__ __forceinline__ void to_float(const packet<T, N>& in, float (&out)[N]
   for (int i = 0; i < N; ++i) out[i] = to_float(in.v[i]);
 }
 
-// Stores v[0, N) at [j, j + N) of `row`, clipped to `end`.
+// Two floats rounded to a 16-bit type and packed into one 32-bit word (low half first, as in memory).
+template <class T>
+__device__ __forceinline__ unsigned pack_pair(float a, float b) {
+  unsigned bits;
+  if constexpr (std::is_same_v<T, __half>) {
+    const __half2 h = __floats2half2_rn(a, b);
+    memcpy(&bits, &h, sizeof bits);
+  } else {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+    memcpy(&bits, &h, sizeof bits);
+  }
+  return bits;
+}
+
+// Stores v[0, N) at [j, j + N) of `row`, clipped to `end`. A whole 16-byte packet is built as a float4 / uint4
+// and stored with __stwb (one st.global.v4): assigning a packet struct, or even a float4, compiled to N scalar
+// stores in the elementwise kernels (seen in the PTX; bf16 fake-quantize ran at 0.84 TB/s).
 template <int N, class T>
 __device__ __forceinline__ void store_packet(T* row, int j, int end, const float (&v)[N]) {
-  packet<T, N> out;
-#pragma unroll
-  for (int i = 0; i < N; ++i) out.v[i] = from_float<T>(v[i]);
   if (j + N <= end) {
-    *reinterpret_cast<packet<T, N>*>(row + j) = out;
-  } else {
-#pragma unroll
-    for (int i = 0; i < N; ++i)
-      if (j + i < end) row[j + i] = out.v[i];
+    if constexpr (std::is_same_v<T, float> && N == 4) {
+      __stwb(reinterpret_cast<float4*>(row + j), make_float4(v[0], v[1], v[2], v[3]));
+      return;
+    } else if constexpr (sizeof(T) == 2 && N == 8) {
+      __stwb(reinterpret_cast<uint4*>(row + j), make_uint4(pack_pair<T>(v[0], v[1]), pack_pair<T>(v[2], v[3]),
+                                                           pack_pair<T>(v[4], v[5]), pack_pair<T>(v[6], v[7])));
+      return;
+    }
   }
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+    if (j + i < end) row[j + i] = from_float<T>(v[i]);
 }
 
 }  // namespace qsafe::detail::cuda

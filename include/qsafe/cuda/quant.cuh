@@ -1,0 +1,54 @@
+#pragma once
+/// \file
+/// Fake-quantization on a CUDA device: `fake_quantize` and `fake_quantize_backward` of qsafe/quant.hpp, per
+/// tensor, with `qsafe::cuda_t{stream}` on device pointers (REFERENCE §2, docs/quantization.md). Include only from
+/// .cu files.
+///
+/// \code
+///   const qsafe::quant_params p = qsafe::make_qparams<float>({lo, hi}, 8, qsafe::quant_mode::asymmetric);
+///   qsafe::fake_quantize(qsafe::cuda_t{stream}, x, p, y);   // x, y: matrix_views of device memory
+/// \endcode
+///
+/// Contract: as the host functions (same parameter checks, same NaN and straight-through conventions), plus
+/// - float: bit-identical to `qsafe::cpu` (the same fp32 operations, none contracted);
+/// - half / bfloat16: the input widened to fp32 exactly, the float computation above, the result rounded once
+///   (so equal to the float result rounded to the element type);
+/// - asynchronous on `stream`; launch errors throw `qsafe::cuda_error`. Per-channel parameters: not yet on CUDA.
+
+#include <climits>
+#include <type_traits>
+
+#include "qsafe/cuda/execution.cuh"
+#include "qsafe/detail/check.hpp"
+#include "qsafe/detail/cuda/dispatch_quant.cuh"
+#include "qsafe/quant.hpp"
+
+namespace qsafe {
+
+/// Fake-quantize per tensor: `y = (clip(z + nearbyint(x·inv_s), quant_min, quant_max) − z)·s`.
+template <cuda_element T>
+void fake_quantize(const cuda_t& policy, matrix_view<const std::type_identity_t<T>> x, const quant_params& params,
+                   matrix_view<T> y) {
+  detail::check_view("fake_quantize", "x", x);
+  detail::check_same_shape("fake_quantize", "y", y, "x", x);
+  detail::check_params("fake_quantize", "params", params);
+  if (x.cols > INT_MAX / 2) detail::fail("fake_quantize", "x", "has more than INT_MAX / 2 columns");
+  if (x.empty()) return;
+  detail::cuda::fake_quantize(policy.stream, detail::to_lanes<float>(params), x, y);
+}
+
+/// Straight-through backward: `dx = dy` where the unclamped code lies in `[quant_min, quant_max]`, else 0.
+template <cuda_element T>
+void fake_quantize_backward(const cuda_t& policy, matrix_view<const std::type_identity_t<T>> x,
+                            const quant_params& params, matrix_view<const std::type_identity_t<T>> dy,
+                            matrix_view<T> dx) {
+  detail::check_view("fake_quantize_backward", "x", x);
+  detail::check_same_shape("fake_quantize_backward", "dy", dy, "x", x);
+  detail::check_same_shape("fake_quantize_backward", "dx", dx, "x", x);
+  detail::check_params("fake_quantize_backward", "params", params);
+  if (x.cols > INT_MAX / 2) detail::fail("fake_quantize_backward", "x", "has more than INT_MAX / 2 columns");
+  if (x.empty()) return;
+  detail::cuda::fake_quantize_backward(policy.stream, detail::to_lanes<float>(params), x, dy, dx);
+}
+
+}  // namespace qsafe
