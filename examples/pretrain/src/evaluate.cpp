@@ -17,6 +17,8 @@ namespace pretrain {
 
 namespace {
 
+// The hooks call qsafe with `qsafe::simd` (one thread): their tensors are small (one sequence's T·d values, one
+// activation of a batch) and an OpenMP region per call cost more than it saved (3x slower on the busy 2-core box).
 using view_t = qsafe::matrix_view<float>;
 using const_view_t = qsafe::matrix_view<const float>;
 
@@ -129,7 +131,7 @@ struct activation_quantizer {
 template <class Estimator>
 activation_quantizer wrap(std::shared_ptr<Estimator> e) {
   activation_quantizer q;
-  q.observe = [e](const_view_t x) { e->observe(qsafe::simd_parallel, x); };
+  q.observe = [e](const_view_t x) { e->observe(qsafe::simd, x); };
   q.qparams = [e](int bits) { return e->qparams(bits, qsafe::quant_mode::asymmetric); };
   return q;
 }
@@ -207,16 +209,16 @@ std::vector<float> quantize_weights(model<float>& net, const eval_options& o, st
     qsafe::quant_params p;
     if (o.weight_estimator == "min-max") {
       qsafe::min_max_estimator<float> est;
-      est.observe(qsafe::simd_parallel, const_view_t(w));
+      est.observe(qsafe::simd, const_view_t(w));
       p = est.qparams(o.weight_bits, qsafe::quant_mode::symmetric);
     } else if (o.weight_estimator == "mse") {
       qsafe::mse_estimator<float> est(o.weight_bits, qsafe::quant_mode::symmetric);
-      qsafe::calibrate(qsafe::simd_parallel, est, const_view_t(w));
+      qsafe::calibrate(qsafe::simd, est, const_view_t(w));
       p = est.qparams(o.weight_bits, qsafe::quant_mode::symmetric);
     } else {
       throw user_error("unknown weight estimator '" + o.weight_estimator + "' (min-max, mse)");
     }
-    qsafe::fake_quantize(qsafe::simd_parallel, const_view_t(w), p, w);
+    qsafe::fake_quantize(qsafe::simd, const_view_t(w), p, w);
     fired.push_back(name);
   };
   std::vector<float> qwte;
@@ -295,7 +297,7 @@ lm_result evaluate_fp(model<float>& net, const token_data& data, const eval_opti
     stats_accumulator& a = acc[{module, layer}];
     a.dim_max_abs.resize(static_cast<std::size_t>(x.cols), 0.0);
     for (index_t b = 0; b < x.rows / T; ++b) {  // one value per sequence over its T·d values
-      const qsafe::moments m = qsafe::tensor_moments(qsafe::simd_parallel, const_view_t(x.row(b * T), T, x.cols));
+      const qsafe::moments m = qsafe::tensor_moments(qsafe::simd, const_view_t(x.row(b * T), T, x.cols));
       a.inf_norm += m.inf_norm();
       a.kurtosis += m.kurtosis();
       ++a.sequences;
@@ -371,7 +373,7 @@ quant_result evaluate_quantized(model<float>& net, const token_data& data, const
         }
         auto it = quantizers.find(name);
         if (it == quantizers.end()) throw std::logic_error("activation '" + name + "' was not calibrated");
-        qsafe::fake_quantize(qsafe::simd_parallel, const_view_t(part), it->second.params, part);
+        qsafe::fake_quantize(qsafe::simd, const_view_t(part), it->second.params, part);
         if (!it->second.used) result.fired.push_back(name);
         it->second.used = true;
       });

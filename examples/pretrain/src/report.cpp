@@ -204,13 +204,16 @@ report_result write_report(const report_options& options) {
   std::ostringstream gp;
   gp << "set terminal pngcairo size 1000,600 enhanced font 'sans,10'\nset grid\nset key outside right\n";
   std::vector<std::string> loss_plots, kurt_plots, inf_plots, gap_plots;
+  int color = 0;
   for (const run_data& r : runs) {
     const std::string base = safe(r.name);
+    ++color;  // one colour per run in every plot
     {
       std::ofstream f(data_dir / (base + "-loss.dat"));
       for (const auto& [s, l] : r.train_loss) f << s << ' ' << l << '\n';
       if (!r.train_loss.empty())
-        loss_plots.push_back(fmt::format("'data/{}-loss.dat' using 1:2 with lines title '{}'", base, r.name));
+        loss_plots.push_back(
+            fmt::format("'data/{}-loss.dat' using 1:2 with lines lc {} title '{}'", base, color, r.name));
     }
     {
       std::ofstream f(data_dir / (base + "-layers.dat"));
@@ -224,14 +227,14 @@ report_result write_report(const report_options& options) {
         f << layer << ' ' << mods["output"].first << ' ' << mods["output"].second << ' ' << mods["ffn"].first << ' '
           << mods["ffn"].second << '\n';
       }
-      kurt_plots.push_back(fmt::format(
-          "'data/{0}-layers.dat' using 1:2 with linespoints title '{1} output', '' using 1:4 with linespoints dt 2 "
-          "title '{1} FFN'",
-          base, r.name));
-      inf_plots.push_back(fmt::format(
-          "'data/{0}-layers.dat' using 1:3 with linespoints title '{1} output', '' using 1:5 with linespoints dt 2 "
-          "title '{1} FFN'",
-          base, r.name));
+      kurt_plots.push_back(
+          fmt::format("'data/{0}-layers.dat' using 1:2 with linespoints lc {2} title '{1} output', '' using 1:4 with "
+                      "linespoints lc {2} dt 2 title '{1} FFN'",
+                      base, r.name, color));
+      inf_plots.push_back(
+          fmt::format("'data/{0}-layers.dat' using 1:3 with linespoints lc {2} title '{1} output', '' using 1:5 with "
+                      "linespoints lc {2} dt 2 title '{1} FFN'",
+                      base, r.name, color));
     }
     {
       std::ofstream f(data_dir / (base + "-gap.dat"));
@@ -244,7 +247,8 @@ report_result write_report(const report_options& options) {
         ++points;
       }
       if (points > 0) {
-        gap_plots.push_back(fmt::format("'data/{}-gap.dat' using 1:2 with linespoints title '{}'", base, r.name));
+        gap_plots.push_back(
+            fmt::format("'data/{}-gap.dat' using 1:2 with linespoints lc {} title '{}'", base, color, r.name));
       }
     }
   }
