@@ -121,7 +121,11 @@ inline softmax_spec resolve_softmax(const std::string& kind, architecture arch, 
       s.beta = 0.9;  // OPT in the NCS paper
     }
   }
-  std::visit([](const auto& v) { v.validate("softmax"); }, make_variant(s));  // throws on bad parameters
+  try {
+    std::visit([](const auto& v) { v.validate("softmax"); }, make_variant(s));
+  } catch (const std::invalid_argument& e) {
+    throw user_error(std::string("bad softmax parameters: ") + e.what());
+  }
   return s;
 }
 

@@ -32,12 +32,18 @@ train_options micro_options(architecture arch, const std::string& variant, bool 
   return o;
 }
 
+// ~300 KB of gcide (or the excerpt), tokenized once per test binary; the directory goes when the binary exits.
 const token_data& corpus_data() {
-  static const token_data data = [] {
-    const auto dir = test::scratch("training");
-    return prepare_text(test::small_corpus(dir), 512, 0.05, {}, 2, false);
-  }();
-  return data;
+  struct holder {
+    std::filesystem::path dir = test::scratch("training");
+    token_data data = prepare_text(test::small_corpus(dir), 512, 0.05, {}, 2, false);
+    ~holder() {
+      std::error_code ec;
+      std::filesystem::remove_all(dir, ec);
+    }
+  };
+  static const holder h;
+  return h.data;
 }
 
 std::map<std::string, std::vector<float>> tensors_of(const std::filesystem::path& path) {
