@@ -119,7 +119,7 @@ report_result write_report(const report_options& options) {
     const json& e = r.final;
     const json& c = e.at("config");
     const json& q = e.at("quantized");
-    md << fmt::format("| {} | {} {}L/{}/{} | {} | {} | {} | {} | {} | {} | {:+.1f}% |", r.name,
+    md << fmt::format("| {} | {} {}L/{}/{} | {} | {} | {} | {} | {} | {} | {:+.3f}% |", r.name,
                       c.at("arch").get<std::string>() == "bert" ? "BERT" : "OPT", c.at("layers").get<int>(),
                       c.at("hidden").get<int>(), c.at("heads").get<int>(), softmax_label(c),
                       e.at("step").get<std::int64_t>(), number(e.at("fp").at("perplexity")),
@@ -171,7 +171,7 @@ report_result write_report(const report_options& options) {
   for (const run_data& r : runs) {
     for (const json& e : r.evals) {
       if (!e.contains("fp") || !e.contains("quantized")) continue;
-      md << fmt::format("| {} | {} | {} | {} | {:+.1f}% |\n", r.name, e.at("step").get<std::int64_t>(),
+      md << fmt::format("| {} | {} | {} | {} | {:+.3f}% |\n", r.name, e.at("step").get<std::int64_t>(),
                         number(e.at("fp").at("perplexity")), number(e.at("quantized").at("perplexity")),
                         gap_percent(e));
     }
