@@ -143,9 +143,8 @@ inline void check_length_count(std::string_view function, std::span<const std::i
   }
   if (static_cast<index_t>(lengths.size()) * rows_per_length != rows) {
     fail(function, "lengths.lengths",
-         "has " + std::to_string(lengths.size()) + " entries; with rows_per_length " +
-             std::to_string(rows_per_length) + " that covers " +
-             std::to_string(static_cast<index_t>(lengths.size()) * rows_per_length) + " rows, not " +
+         "has " + std::to_string(lengths.size()) + " entries; with rows_per_length " + std::to_string(rows_per_length) +
+             " that covers " + std::to_string(static_cast<index_t>(lengths.size()) * rows_per_length) + " rows, not " +
              std::to_string(rows));
   }
 }
@@ -155,8 +154,8 @@ inline void check_lengths(std::string_view function, std::span<const std::int32_
   for (std::size_t i = 0; i < lengths.size(); ++i) {
     if (lengths[i] < 0 || lengths[i] > cols) {
       fail(function, "lengths.lengths",
-           "entry " + std::to_string(i) + " is " + std::to_string(lengths[i]) + ", outside [0, cols = " +
-               std::to_string(cols) + "]");
+           "entry " + std::to_string(i) + " is " + std::to_string(lengths[i]) +
+               ", outside [0, cols = " + std::to_string(cols) + "]");
     }
   }
 }

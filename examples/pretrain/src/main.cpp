@@ -13,8 +13,8 @@
 
 #include "data.hpp"
 #include "evaluate.hpp"
-#include "report.hpp"
 #include "fmt/core.h"
+#include "report.hpp"
 #include "trainer.hpp"
 
 #if defined(_OPENMP)
@@ -178,12 +178,13 @@ int main(int argc, char** argv) {
                                                       : prepare_shards(train_bin, val_bin, stored.vocab))
               : prepare_text(corpus, vocab_size, val_fraction, cache_dir, threads, false);
       if (data.vocab > stored.vocab) {
-        throw user_error(fmt::format("the data's vocabulary ({}) is larger than the checkpoint's ({}): pass the "
-                                     "corpus and --vocab-size the model was trained with",
-                                     data.vocab, stored.vocab));
+        throw user_error(
+            fmt::format("the data's vocabulary ({}) is larger than the checkpoint's ({}): pass the "
+                        "corpus and --vocab-size the model was trained with",
+                        data.vocab, stored.vocab));
       }
-      const nlohmann::json j = evaluate_checkpoint(checkpoint, data, eo, {true, !no_stats, !no_quantized, !no_lengths},
-                                                   true);
+      const nlohmann::json j =
+          evaluate_checkpoint(checkpoint, data, eo, {true, !no_stats, !no_quantized, !no_lengths}, true);
       if (!eval_out.empty()) write_atomically(eval_out, j.dump(1) + "\n");
       return 0;
     }
