@@ -29,4 +29,8 @@ inline constexpr simd_t simd_parallel{0};
 template <class P>
 concept host_policy = std::same_as<P, cpu_t> || std::same_as<P, simd_t>;
 
+/// The element types the host backends support.
+template <class T>
+concept host_element = std::same_as<T, float> || std::same_as<T, double>;
+
 }  // namespace qsafe

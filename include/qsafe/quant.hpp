@@ -45,7 +45,6 @@
 #include "qsafe/detail/simd/quant.hpp"
 #include "qsafe/execution.hpp"
 #include "qsafe/matrix_view.hpp"
-#include "qsafe/softmax.hpp"  // host_element (shared concept, defined there)
 
 namespace qsafe {
 

@@ -34,10 +34,6 @@
 
 namespace qsafe {
 
-/// The element types the host backends support.
-template <class T>
-concept host_element = std::same_as<T, float> || std::same_as<T, double>;
-
 namespace detail {
 
 template <class Variant, class Lengths, class T>

@@ -35,7 +35,6 @@
 #include "qsafe/execution.hpp"
 #include "qsafe/matrix_view.hpp"
 #include "qsafe/moments.hpp"
-#include "qsafe/softmax.hpp"  // host_element (shared concept, defined there)
 
 namespace qsafe {
 
