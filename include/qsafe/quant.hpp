@@ -19,7 +19,11 @@
 ///   count. Error bound: `x̂` is `(q − z)·s` rounded once; inside the range `|x − x̂| <= s/2` up to that
 ///   rounding.
 /// - NaN: fake_quantize keeps NaN; quantize maps NaN to the zero point (an integer has no NaN); the backward
-///   passes no gradient at NaN.
+///   passes no gradient at NaN. The same in every rounding mode and STE mask.
+/// - Options (`fake_quant_options`, last argument, defaulting to the behaviour above): rounding half to even, half
+///   away from zero or stochastic (seeded, counter-based: reproducible for any backend and thread count), and the
+///   backward's STE mask (rounded code, float range, unclipped). `make_qparams` takes `qparams_options`: narrow
+///   range, and putting 0 on the grid by widening the range instead of rounding the zero point.
 /// - Per channel: `channel_axis::column` gives column `j` the parameters `params[j]` (params.size() == cols);
 ///   `channel_axis::row` gives row `r` the parameters `params[r % params.size()]` (params.size() divides
 ///   rows). An N-d row-major tensor with channel axis `a` is viewed as rows = d0·…·da, cols = d(a+1)·…, axis
@@ -73,6 +77,51 @@ struct quant_params {
   friend bool operator==(const quant_params&, const quant_params&) = default;
 };
 
+/// Rounding of `x·inv_s` to an integer code (docs/quantization.md, "Fake-quant options").
+/// - `half_to_even`: `nearbyint` in the default floating-point environment (PyTorch's fake-quantize; the default).
+/// - `half_away_from_zero`: `std::round` (C's `round`, NumPy's `np.round` is half to even; TFLite's reference uses
+///   this one).
+/// - `stochastic`: `floor(v) + [u < v − floor(v)]`, `u` in [0, 1) from a counter-based hash of
+///   (`seed`, element index), so `E[code] = v` up to the resolution of `u` (2^−24 for float, 2^−32 for double).
+///   The element index is `index_offset + r·cols + c` of the view (row-major, whatever the row stride): the result
+///   does not depend on the backend, the ISA or the thread count, and a tensor processed in slices with the
+///   slices' offsets equals the tensor processed whole.
+enum class rounding_mode { half_to_even, half_away_from_zero, stochastic };
+
+/// Where the straight-through backward passes the gradient (`dx = dy` there, 0 elsewhere; NaN `x`: always 0).
+/// - `rounded_code` (default, PyTorch's): `quant_min <= z + round(x·inv_s) <= quant_max`, the code before the clamp.
+/// - `float_range`: `(quant_min − z)·s <= x <= (quant_max − z)·s` (in the element type): the gradient of
+///   `clamp(x, lo, hi)`, as in PACT / LSQ; it blocks the half step past each end that `rounded_code` passes.
+/// - `unclipped`: everywhere (the identity), for losses that handle clipping themselves.
+enum class ste_mask { rounded_code, float_range, unclipped };
+
+/// Options of fake_quantize, fake_quantize_backward and quantize. The defaults are the behaviour of the calls
+/// without options (PyTorch's). The backward must be given the same options as the forward: with stochastic
+/// rounding the `rounded_code` mask uses the same random draws (same seed, offset and view shape).
+struct fake_quant_options {
+  rounding_mode rounding = rounding_mode::half_to_even;
+  std::uint64_t seed = 0;          ///< stochastic rounding's stream
+  std::uint64_t index_offset = 0;  ///< index of element (0, 0) in the stream
+  ste_mask mask = ste_mask::rounded_code;
+};
+
+/// How an asymmetric range puts 0 exactly on the grid (symmetric ranges have `z = 0` already).
+/// - `round_zero_point` (default, PyTorch's): `s = (hi − lo)/n`, `z = round(−lo/s)`: the grid is the range shifted by
+///   up to `s/2`, so one end moves *inward* by up to `s/2`.
+/// - `widen_range`: keep one end, move the other *outward* just enough that 0 falls on the grid: `z = floor(−lo/s0)`
+///   with `s = −lo/z` (hi moves out) or `z = ceil(−lo/s0)` with `s = hi/(n − z)` (lo moves out), whichever scale
+///   is smaller; `s0 = (hi − lo)/n`. The grid's ends then contain `[lo, hi]` exactly in `T` (nothing observed is
+///   clipped) and `s <= s0·n/(n − 2)` (8 bits: +0.8% at most).
+enum class zero_alignment { round_zero_point, widen_range };
+
+/// Options of make_qparams; the defaults give the parameters of the call without options.
+/// `narrow_range` drops one code so that `2^b − 1` codes remain (Brevitas's convention): signed codes lose the most
+/// negative one (`[−127, 127]` for 8 bits: a symmetric grid), unsigned codes the top one (`[0, 2^b − 2]`).
+struct qparams_options {
+  bool narrow_range = false;
+  zero_alignment alignment = zero_alignment::round_zero_point;
+};
+
 /// The smallest integer type that holds the codes of `Bits`-bit quantization, signed or not.
 template <int Bits, bool Signed>
 requires(Bits >= 2 &&
@@ -105,6 +154,50 @@ inline void check_params(std::string_view function, std::string_view argument, c
          "has zero_point " + std::to_string(p.zero_point) + " outside its code range [" + std::to_string(p.quant_min) +
              ", " + std::to_string(p.quant_max) + "]");
   }
+}
+
+inline void check_options(std::string_view function, const fake_quant_options& options) {
+  const auto rounding = static_cast<int>(options.rounding);
+  if (rounding < 0 || rounding > static_cast<int>(rounding_mode::stochastic)) {
+    fail(function, "options", "has rounding " + std::to_string(rounding) + ", not a rounding_mode value");
+  }
+  const auto mask = static_cast<int>(options.mask);
+  if (mask < 0 || mask > static_cast<int>(ste_mask::unclipped)) {
+    fail(function, "options", "has mask " + std::to_string(mask) + ", not an ste_mask value");
+  }
+}
+
+// Calls f with the rounding tag of `options` for a row whose element 0 has stream index `first`.
+template <class F>
+decltype(auto) with_rounding(const fake_quant_options& options, std::uint64_t first, F&& f) {
+  switch (options.rounding) {
+    case rounding_mode::half_away_from_zero:
+      return f(round_half_away_tag{});
+    case rounding_mode::stochastic:
+      return f(round_stochastic_tag{options.seed, first});
+    case rounding_mode::half_to_even:
+      break;
+  }
+  return f(round_half_even_tag{});
+}
+
+// Calls f(rounding, mask) for the backward; the rounding matters only for the mask on the rounded code.
+template <class F>
+void with_rounding_and_mask(const fake_quant_options& options, std::uint64_t first, F&& f) {
+  switch (options.mask) {
+    case ste_mask::float_range:
+      return f(round_half_even_tag{}, mask_range_tag{});
+    case ste_mask::unclipped:
+      return f(round_half_even_tag{}, mask_none_tag{});
+    case ste_mask::rounded_code:
+      break;
+  }
+  with_rounding(options, first, [&](const auto& rounding) { f(rounding, mask_code_tag{}); });
+}
+
+// The stream index of element (r, 0) of a view with `cols` columns.
+inline std::uint64_t first_index(const fake_quant_options& options, index_t r, index_t cols) {
+  return options.index_offset + static_cast<std::uint64_t>(r) * static_cast<std::uint64_t>(cols);
 }
 
 template <class Code>
@@ -187,24 +280,32 @@ void for_each_channel_row(int threads, index_t rows, std::span<const quant_param
 /// - symmetric: `s = max(max(|lo|, |hi|)/(2^(b−1) − 1), FLT_EPSILON)`, signed codes, `z = 0`; if `lo >= 0`,
 ///   `s = max(hi/(2^b − 1), FLT_EPSILON)` with unsigned codes.
 /// A degenerate range (`lo == hi`, e.g. all zeros) gives `s = FLT_EPSILON`, never 0 or NaN.
-/// Throws `std::invalid_argument` for bits outside [2, 16], an unknown mode, a non-finite or inverted range, or an
-/// asymmetric range whose width overflows `T`.
+/// `options` (see qparams_options): narrow range replaces `2^b − 1` by `2^b − 2` for unsigned codes and drops code
+/// `−2^(b−1)` for signed ones; `zero_alignment::widen_range` replaces the asymmetric rounding of `z` by widening.
+/// Throws `std::invalid_argument` for bits outside [2, 16], an unknown mode or alignment, a non-finite or inverted
+/// range, or an asymmetric range whose width overflows `T`.
 template <host_element T>
-quant_params make_qparams(value_range range, int bits, quant_mode mode) {
+quant_params make_qparams(value_range range, int bits, quant_mode mode, const qparams_options& options = {}) {
   detail::check_bits("make_qparams", bits);
   detail::check_mode("make_qparams", mode);
+  if (options.alignment != zero_alignment::round_zero_point && options.alignment != zero_alignment::widen_range) {
+    detail::fail(
+        "make_qparams", "options",
+        "has alignment " + std::to_string(static_cast<int>(options.alignment)) + ", not a zero_alignment value");
+  }
   if (!std::isfinite(range.lo) || !std::isfinite(range.hi) || !(range.lo <= range.hi)) {
     detail::fail("make_qparams", "range",
                  "[" + std::to_string(range.lo) + ", " + std::to_string(range.hi) + "] must be finite with lo <= hi");
   }
   const T eps = static_cast<T>(FLT_EPSILON);
   const T lo = static_cast<T>(range.lo), hi = static_cast<T>(range.hi);
+  const int narrow = options.narrow_range ? 1 : 0;
   quant_params p;
   if (mode == quant_mode::asymmetric || lo >= T(0)) {
     p.quant_min = 0;
-    p.quant_max = (1 << bits) - 1;
+    p.quant_max = (1 << bits) - 1 - narrow;
   } else {
-    p.quant_min = -(1 << (bits - 1));
+    p.quant_min = -(1 << (bits - 1)) + narrow;
     p.quant_max = (1 << (bits - 1)) - 1;
   }
   const T levels = static_cast<T>(mode == quant_mode::asymmetric ? p.quant_max - p.quant_min : p.quant_max);
@@ -216,6 +317,29 @@ quant_params make_qparams(value_range range, int bits, quant_mode mode) {
                    "[" + std::to_string(range.lo) + ", " + std::to_string(range.hi) +
                        "] is too wide for the element type (hi - lo overflows)");
     }
+    if (options.alignment == zero_alignment::widen_range) {
+      // z steps from quant_min to 0: the smallest scale with z steps below 0 and levels − z above is
+      // max(−lo/z, hi/(levels − z)); try z = floor and ceil of −lo/s, keep the smaller scale.
+      constexpr T inf = std::numeric_limits<T>::infinity();
+      const auto scale_for = [&](T z) {
+        const T below = z >= T(1) ? -lo0 / z : (lo0 == T(0) ? T(0) : inf);
+        const T above = levels - z >= T(1) ? hi0 / (levels - z) : (hi0 == T(0) ? T(0) : inf);
+        return std::max(below, above);
+      };
+      const T steps = -lo0 / s;
+      const T z_floor = std::clamp(std::floor(steps), T(0), levels),
+              z_ceil = std::clamp(std::ceil(steps), T(0), levels);
+      const bool keep_lo = scale_for(z_floor) <= scale_for(z_ceil);
+      const T z = keep_lo ? z_floor : z_ceil;
+      T scale = std::max(scale_for(z), eps);
+      // Rounding of the division may leave an end an ulp inside [lo, hi]: step the scale up until both ends hold.
+      for (int i = 0; i < 64 && (-z * scale > lo0 || (levels - z) * scale < hi0); ++i) {
+        scale = std::nextafter(scale, inf);
+      }
+      p.scale = static_cast<double>(scale);
+      p.zero_point = p.quant_min + static_cast<std::int32_t>(z);
+      return p;
+    }
     const T z = static_cast<T>(p.quant_min) - std::nearbyint(lo0 / s);
     p.scale = static_cast<double>(s);
     p.zero_point = static_cast<std::int32_t>(std::clamp(z, static_cast<T>(p.quant_min), static_cast<T>(p.quant_max)));
@@ -226,46 +350,61 @@ quant_params make_qparams(value_range range, int bits, quant_mode mode) {
   return p;
 }
 
-/// Fake-quantize per tensor: `y = (clip(z + nearbyint(x·inv_s), quant_min, quant_max) − z)·s`.
+/// Fake-quantize per tensor: `y = (clip(z + round(x·inv_s), quant_min, quant_max) − z)·s`, `round` as
+/// `options.rounding` (default half to even: `nearbyint`).
 template <host_policy Policy, host_element T>
 void fake_quantize(const Policy& policy, matrix_view<const std::type_identity_t<T>> x, const quant_params& params,
-                   matrix_view<T> y) {
+                   matrix_view<T> y, const fake_quant_options& options = {}) {
   detail::check_view("fake_quantize", "x", x);
   detail::check_same_shape("fake_quantize", "y", y, "x", x);
   detail::check_params("fake_quantize", "params", params);
+  detail::check_options("fake_quantize", options);
   const bool streaming = detail::streaming_output(policy, static_cast<std::size_t>(y.size()) * sizeof(T));
   const detail::uniform_params<T> p{detail::to_lanes<T>(params)};
-  detail::for_each_row(detail::thread_count(policy), x.rows,
-                       [&](index_t r) { detail::fake_quantize_row(policy, p, x.cols, x.row(r), y.row(r), streaming); });
+  detail::for_each_row(detail::thread_count(policy), x.rows, [&](index_t r) {
+    detail::with_rounding(options, detail::first_index(options, r, x.cols), [&](const auto& rounding) {
+      detail::fake_quantize_row(policy, p, rounding, x.cols, x.row(r), y.row(r), streaming);
+    });
+  });
 }
 
 /// Fake-quantize per channel (see the contract above for `axis`).
 template <host_policy Policy, host_element T>
 void fake_quantize(const Policy& policy, matrix_view<const std::type_identity_t<T>> x,
-                   std::span<const quant_params> params, channel_axis axis, matrix_view<T> y) {
+                   std::span<const quant_params> params, channel_axis axis, matrix_view<T> y,
+                   const fake_quant_options& options = {}) {
   detail::check_view("fake_quantize", "x", x);
   detail::check_same_shape("fake_quantize", "y", y, "x", x);
   detail::check_channels("fake_quantize", params, axis, x.rows, x.cols);
+  detail::check_options("fake_quantize", options);
   const bool streaming = detail::streaming_output(policy, static_cast<std::size_t>(y.size()) * sizeof(T));
   detail::for_each_channel_row<T>(detail::thread_count(policy), x.rows, params, axis, [&](index_t r, const auto& p) {
-    detail::fake_quantize_row(policy, p, x.cols, x.row(r), y.row(r), streaming);
+    detail::with_rounding(options, detail::first_index(options, r, x.cols), [&](const auto& rounding) {
+      detail::fake_quantize_row(policy, p, rounding, x.cols, x.row(r), y.row(r), streaming);
+    });
   });
 }
 
-/// Straight-through backward of fake_quantize (PyTorch's convention): `dx = dy` where the unclamped code
-/// `z + nearbyint(x·inv_s)` lies in `[quant_min, quant_max]` (inclusive), else 0.
+/// Straight-through backward of fake_quantize: `dx = dy` where `options.mask` passes the gradient, else 0. The
+/// default (PyTorch's convention): where the unclamped code `z + round(x·inv_s)` lies in `[quant_min, quant_max]`
+/// (inclusive), with the forward's rounding (pass the forward's options).
 template <host_policy Policy, host_element T>
 void fake_quantize_backward(const Policy& policy, matrix_view<const std::type_identity_t<T>> x,
                             const quant_params& params, matrix_view<const std::type_identity_t<T>> dy,
-                            matrix_view<T> dx) {
+                            matrix_view<T> dx, const fake_quant_options& options = {}) {
   detail::check_view("fake_quantize_backward", "x", x);
   detail::check_same_shape("fake_quantize_backward", "dy", dy, "x", x);
   detail::check_same_shape("fake_quantize_backward", "dx", dx, "x", x);
   detail::check_params("fake_quantize_backward", "params", params);
+  detail::check_options("fake_quantize_backward", options);
   const bool streaming = detail::streaming_output(policy, static_cast<std::size_t>(dx.size()) * sizeof(T));
   const detail::uniform_params<T> p{detail::to_lanes<T>(params)};
   detail::for_each_row(detail::thread_count(policy), x.rows, [&](index_t r) {
-    detail::fake_quantize_backward_row(policy, p, x.cols, x.row(r), dy.row(r), dx.row(r), streaming);
+    detail::with_rounding_and_mask(options, detail::first_index(options, r, x.cols),
+                                   [&](const auto& rounding, const auto& mask) {
+                                     detail::fake_quantize_backward_row(policy, p, rounding, mask, x.cols, x.row(r),
+                                                                        dy.row(r), dx.row(r), streaming);
+                                   });
   });
 }
 
@@ -273,40 +412,55 @@ void fake_quantize_backward(const Policy& policy, matrix_view<const std::type_id
 template <host_policy Policy, host_element T>
 void fake_quantize_backward(const Policy& policy, matrix_view<const std::type_identity_t<T>> x,
                             std::span<const quant_params> params, channel_axis axis,
-                            matrix_view<const std::type_identity_t<T>> dy, matrix_view<T> dx) {
+                            matrix_view<const std::type_identity_t<T>> dy, matrix_view<T> dx,
+                            const fake_quant_options& options = {}) {
   detail::check_view("fake_quantize_backward", "x", x);
   detail::check_same_shape("fake_quantize_backward", "dy", dy, "x", x);
   detail::check_same_shape("fake_quantize_backward", "dx", dx, "x", x);
   detail::check_channels("fake_quantize_backward", params, axis, x.rows, x.cols);
+  detail::check_options("fake_quantize_backward", options);
   const bool streaming = detail::streaming_output(policy, static_cast<std::size_t>(dx.size()) * sizeof(T));
   detail::for_each_channel_row<T>(detail::thread_count(policy), x.rows, params, axis, [&](index_t r, const auto& p) {
-    detail::fake_quantize_backward_row(policy, p, x.cols, x.row(r), dy.row(r), dx.row(r), streaming);
+    detail::with_rounding_and_mask(options, detail::first_index(options, r, x.cols),
+                                   [&](const auto& rounding, const auto& mask) {
+                                     detail::fake_quantize_backward_row(policy, p, rounding, mask, x.cols, x.row(r),
+                                                                        dy.row(r), dx.row(r), streaming);
+                                   });
   });
 }
 
-/// Quantize to integer codes `q = clip(z + nearbyint(x·inv_s), quant_min, quant_max)`; the code range must
-/// fit `Code` (e.g. `code_t<8, false>` for asymmetric 8-bit). NaN gives the zero point.
+/// Quantize to integer codes `q = clip(z + round(x·inv_s), quant_min, quant_max)` (`round` as `options.rounding`;
+/// `options.mask` is not used); the code range must fit `Code` (e.g. `code_t<8, false>` for asymmetric 8-bit).
+/// NaN gives the zero point.
 template <host_policy Policy, host_element T, std::integral Code>
-void quantize(const Policy& policy, matrix_view<const T> x, const quant_params& params, matrix_view<Code> q) {
+void quantize(const Policy& policy, matrix_view<const T> x, const quant_params& params, matrix_view<Code> q,
+              const fake_quant_options& options = {}) {
   detail::check_view("quantize", "x", x);
   detail::check_same_shape("quantize", "q", q, "x", x);
   detail::check_params("quantize", "params", params);
   detail::check_code_type<Code>("quantize", "params", params);
+  detail::check_options("quantize", options);
   const detail::uniform_params<T> p{detail::to_lanes<T>(params)};
-  detail::for_each_row(detail::thread_count(policy), x.rows,
-                       [&](index_t r) { detail::quantize_row(policy, p, x.cols, x.row(r), q.row(r)); });
+  detail::for_each_row(detail::thread_count(policy), x.rows, [&](index_t r) {
+    detail::with_rounding(options, detail::first_index(options, r, x.cols), [&](const auto& rounding) {
+      detail::quantize_row(policy, p, rounding, x.cols, x.row(r), q.row(r));
+    });
+  });
 }
 
 /// Quantize per channel.
 template <host_policy Policy, host_element T, std::integral Code>
 void quantize(const Policy& policy, matrix_view<const T> x, std::span<const quant_params> params, channel_axis axis,
-              matrix_view<Code> q) {
+              matrix_view<Code> q, const fake_quant_options& options = {}) {
   detail::check_view("quantize", "x", x);
   detail::check_same_shape("quantize", "q", q, "x", x);
   detail::check_channels("quantize", params, axis, x.rows, x.cols);
   for (const quant_params& p : params) detail::check_code_type<Code>("quantize", "params", p);
+  detail::check_options("quantize", options);
   detail::for_each_channel_row<T>(detail::thread_count(policy), x.rows, params, axis, [&](index_t r, const auto& p) {
-    detail::quantize_row(policy, p, x.cols, x.row(r), q.row(r));
+    detail::with_rounding(options, detail::first_index(options, r, x.cols), [&](const auto& rounding) {
+      detail::quantize_row(policy, p, rounding, x.cols, x.row(r), q.row(r));
+    });
   });
 }
 
