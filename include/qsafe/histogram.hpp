@@ -1,0 +1,476 @@
+#pragma once
+/// \file
+/// Histograms for calibration that merge exactly (issue 9, docs/quantization.md "Histograms"): 64-bit integer
+/// counts on a fixed uniform grid per channel, so that any split of the data into batches, threads or processes
+/// adds up to exactly the histogram of all of it.
+///
+/// \code
+///   qsafe::histogram<float> h;                        // per tensor, 2048 bins
+///   qsafe::calibrate(qsafe::simd, h, batches);        // pass 1: min-max (fixes the grid), pass 2: counts
+///   std::span<const std::int64_t> c = h.counts(0);
+///
+///   // Across processes: agree on the ranges first (min-max merges exactly), then count on the same grid.
+///   qsafe::histogram<float> part(ranges);             // a fixed grid: one pass
+///   part.observe(qsafe::simd, my_batch);
+///   total.merge(part);                                // exact: integer counts on identical edges
+/// \endcode
+///
+/// Contract:
+/// - Grid of channel c: `bins` bins over `[lo_c, hi_c]`, the min and max of the channel's finite values over all
+///   batches of pass 1 (or given at construction), or `[−m, m]` with `m = max|x|` for `histogram_grid::symmetric`.
+///   The bin of x is `min(trunc(fl(fl(x − lo)·scale)), bins − 1)` with `scale = fl(bins/(hi − lo))` in the
+///   element type (0 when hi == lo): one rounded operation at a time, so `cpu`, `simd` and every thread count give
+///   the same bin for the same value, and the counts are identical for any split of the data.
+/// - Bad values: NaN throws `std::invalid_argument` naming `x` (and the tensor's name, if given in the options) with
+///   the count of NaNs, unless `options.nan == non_finite_policy::skip`: then NaNs are skipped and counted
+///   (`nan_count()`). ±inf likewise with `options.inf` (`inf_count()`): never an infinite range. A value off the
+///   fixed grid (different batches in pass 2, or outside the ranges given at construction) throws too: nothing is
+///   clamped or dropped silently. A batch that throws leaves the histogram unchanged.
+/// - Cost: pass 2 is one read of the data with a scalar increment per value (bench/bench_calibration.cpp);
+///   pass 1 is a min-max read.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "qsafe/detail/check.hpp"
+#include "qsafe/detail/parallel.hpp"
+#include "qsafe/detail/scalar/histogram.hpp"
+#include "qsafe/detail/simd/histogram.hpp"
+#include "qsafe/estimators.hpp"
+#include "qsafe/execution.hpp"
+#include "qsafe/matrix_view.hpp"
+
+namespace qsafe {
+
+/// What a calibration pass does with NaN or ±inf values: throw (the default), or skip them and count them.
+enum class non_finite_policy { error, skip };
+
+/// The grid of each channel: its finite min-max range, or the symmetric `[−max|x|, max|x|]` (KL on |x|).
+enum class histogram_grid { min_max, symmetric };
+
+struct histogram_options {
+  index_t bins = 2048;
+  histogram_grid grid = histogram_grid::min_max;
+  non_finite_policy nan = non_finite_policy::error;
+  non_finite_policy inf = non_finite_policy::error;
+  std::string name;  ///< the tensor's name, quoted in error messages
+};
+
+namespace detail {
+
+inline void check_histogram_options(std::string_view function, const histogram_options& o) {
+  if (o.bins < 1 || o.bins > (index_t(1) << 24)) {
+    fail(function, "options.bins", "must be in [1, 2^24], got " + std::to_string(o.bins));
+  }
+  if (o.grid != histogram_grid::min_max && o.grid != histogram_grid::symmetric) {
+    fail(function, "options.grid", "is not a histogram_grid value");
+  }
+  for (const non_finite_policy p : {o.nan, o.inf}) {
+    if (p != non_finite_policy::error && p != non_finite_policy::skip) {
+      fail(function, "options.nan/inf", "is not a non_finite_policy value");
+    }
+  }
+}
+
+// Splits rows [0, rows) into one contiguous block per thread: f(thread, begin, end). Returns the team size.
+template <class F>
+int for_each_block(int threads, index_t rows, F&& f) {
+#if defined(_OPENMP)
+  if (threads != 1 && rows > 1) {
+    const int team = static_cast<int>(std::min<index_t>(threads > 0 ? threads : omp_get_max_threads(), rows));
+#pragma omp parallel num_threads(team)
+    {
+      const int t = omp_get_thread_num();
+      const index_t begin = rows * t / team, end = rows * (t + 1) / team;
+      f(t, begin, end);
+    }
+    return team;
+  }
+#else
+  (void)threads;
+#endif
+  f(0, index_t(0), rows);
+  return 1;
+}
+
+inline int team_size(int threads, index_t rows) {
+#if defined(_OPENMP)
+  if (threads != 1 && rows > 1) {
+    return static_cast<int>(std::min<index_t>(threads > 0 ? threads : omp_get_max_threads(), rows));
+  }
+#else
+  (void)threads;
+#endif
+  (void)rows;
+  return 1;
+}
+
+}  // namespace detail
+
+/// A per-tensor or per-channel histogram with 64-bit counts on a grid fixed by a first min-max pass (two passes,
+/// the `observe` / `next_pass` protocol of estimators.hpp) or by ranges given at construction (one pass).
+template <host_element T>
+class histogram {
+ public:
+  /// Two passes: pass 1 records each channel's finite min and max; `next_pass()` fixes the grids; pass 2 counts.
+  explicit histogram(channel_layout layout = {}, histogram_options options = {})
+      : layout_(detail::checked_layout("histogram", layout)), options_(std::move(options)) {
+    detail::check_histogram_options("histogram", options_);
+    const auto channels = static_cast<std::size_t>(layout_.channels);
+    first_.assign(channels, detail::finite_range<T>{});
+    finite_.assign(channels, 0);
+  }
+
+  /// One pass on fixed grids: `ranges[c]` is channel c's `[lo, hi]` (finite, lo <= hi); values outside throw.
+  histogram(std::span<const value_range> ranges, channel_layout layout = {}, histogram_options options = {})
+      : layout_(detail::checked_layout("histogram", layout)), options_(std::move(options)) {
+    detail::check_histogram_options("histogram", options_);
+    if (static_cast<index_t>(ranges.size()) != layout_.channels) {
+      detail::fail(
+          "histogram", "ranges",
+          "has " + std::to_string(ranges.size()) + " entries for " + std::to_string(layout_.channels) + " channels");
+    }
+    for (std::size_t c = 0; c < ranges.size(); ++c) {
+      const value_range r = ranges[c];
+      if (!std::isfinite(r.lo) || !std::isfinite(r.hi) || !(r.lo <= r.hi) ||
+          static_cast<double>(static_cast<T>(r.lo)) != r.lo || static_cast<double>(static_cast<T>(r.hi)) != r.hi) {
+        detail::fail("histogram", "ranges[" + std::to_string(c) + "]",
+                     "[" + std::to_string(r.lo) + ", " + std::to_string(r.hi) +
+                         "] must be finite, lo <= hi, and exact in the element type");
+      }
+    }
+    make_grids(ranges);
+    fixed_ = true;
+    pass_ = 1;
+  }
+
+  /// Feeds one batch to the current pass (see the contract above for errors).
+  template <host_policy Policy>
+  void observe(const Policy& policy, matrix_view<const std::type_identity_t<T>> x) {
+    detail::check_batch("histogram::observe", layout_, x);
+    if (pass_ == 0) {
+      observe_range(policy, x);
+    } else if (pass_ == 1) {
+      observe_counts(policy, x);
+    } else {
+      throw std::logic_error("qsafe::histogram::observe: both passes are done");
+    }
+  }
+
+  /// Pass 1 -> 2: fixes the grids (returns true: observe the same batches again). Pass 2 -> done: checks that
+  /// pass 2 counted as many values per channel as pass 1 saw (else `std::logic_error`), returns false.
+  bool next_pass() {
+    if (pass_ == 0) {
+      std::vector<value_range> ranges;
+      for (std::size_t c = 0; c < first_.size(); ++c) {
+        if (finite_[c] == 0) {
+          throw std::logic_error("qsafe::histogram::next_pass: channel " + std::to_string(c) + name_note() +
+                                 " has no finite value (nothing observed, or every value skipped)");
+        }
+        double lo = static_cast<double>(first_[c].lo), hi = static_cast<double>(first_[c].hi);
+        if (options_.grid == histogram_grid::symmetric) {
+          hi = std::max(std::fabs(lo), std::fabs(hi));
+          lo = -hi;
+        }
+        ranges.push_back({lo, hi});
+      }
+      make_grids(ranges);
+      pass_ = 1;
+      return true;
+    }
+    if (pass_ == 1) {
+      if (!fixed_) {
+        for (std::size_t c = 0; c < finite_.size(); ++c) {
+          if (total(static_cast<index_t>(c)) != finite_[c]) {
+            throw std::logic_error("qsafe::histogram::next_pass: channel " + std::to_string(c) + name_note() +
+                                   ": pass 2 counted " + std::to_string(total(static_cast<index_t>(c))) +
+                                   " values but pass 1 saw " + std::to_string(finite_[c]) +
+                                   " finite values; feed the same batches to both passes");
+          }
+        }
+      }
+      pass_ = 2;
+    }
+    return false;
+  }
+
+  /// The histogram of the union of both histograms' data: in pass 1 the ranges and counts of values seen; after,
+  /// the counts (both grids must be identical: the same ranges, bins and layout).
+  void merge(const histogram& other) {
+    if (other.layout_.axis != layout_.axis || other.layout_.channels != layout_.channels ||
+        other.options_.bins != options_.bins || other.options_.grid != options_.grid) {
+      detail::fail("histogram::merge", "other", "has a different channel layout, bin count or grid kind");
+    }
+    if ((pass_ == 0) != (other.pass_ == 0) || fixed_ != other.fixed_) {
+      detail::fail("histogram::merge", "other", "is in a different pass");
+    }
+    if (pass_ == 0) {
+      for (std::size_t c = 0; c < first_.size(); ++c) {
+        first_[c].lo = std::min(first_[c].lo, other.first_[c].lo);
+        first_[c].hi = std::max(first_[c].hi, other.first_[c].hi);
+        finite_[c] += other.finite_[c];
+      }
+    } else {
+      for (std::size_t c = 0; c < grids_.size(); ++c) {
+        const auto& a = grids_[c];
+        const auto& b = other.grids_[c];
+        if (a.lo != b.lo || a.hi != b.hi) {
+          detail::fail("histogram::merge", "other",
+                       "has a different grid for channel " + std::to_string(c) + ": merge pass 1 first");
+        }
+      }
+      for (std::size_t i = 0; i < counts_.size(); ++i) counts_[i] += other.counts_[i];
+      if (!fixed_)
+        for (std::size_t c = 0; c < finite_.size(); ++c) finite_[c] += other.finite_[c];
+    }
+    nan_ += other.nan_;
+    inf_ += other.inf_;
+  }
+
+  /// The counts of channel c's bins (after the grids are fixed).
+  std::span<const std::int64_t> counts(index_t c) const {
+    require_grid("counts");
+    return {counts_.data() + c * stride(), static_cast<std::size_t>(options_.bins)};
+  }
+  /// The values counted in channel c.
+  std::int64_t total(index_t c) const {
+    std::int64_t sum = 0;
+    for (const std::int64_t v : counts(c)) sum += v;
+    return sum;
+  }
+  /// Channel c's grid `[lo, hi]`; bin b covers `[lo + b·w, lo + (b + 1)·w)` with `w = (hi − lo)/bins`, up to the
+  /// rounding of the bin function (the last bin includes hi).
+  value_range grid(index_t c) const {
+    require_grid("grid");
+    const auto& g = grids_[static_cast<std::size_t>(c)];
+    return {static_cast<double>(g.lo), static_cast<double>(g.hi)};
+  }
+  /// The finite min and max channel c's values had in pass 1 (a fixed grid: the grid).
+  value_range data_range(index_t c) const {
+    if (fixed_) return grid(c);
+    require_grid("data_range");
+    const auto& f = first_[static_cast<std::size_t>(c)];
+    return {static_cast<double>(f.lo), static_cast<double>(f.hi)};
+  }
+  /// Skipped NaN / ±inf values (first pass, or the only pass of a fixed grid).
+  std::int64_t nan_count() const { return nan_; }
+  std::int64_t inf_count() const { return inf_; }
+  index_t bins() const { return options_.bins; }
+  const channel_layout& layout() const { return layout_; }
+  const histogram_options& options() const { return options_; }
+  /// 0: recording ranges; 1: counting; 2: done.
+  int pass() const { return pass_; }
+  bool has_grid() const { return !grids_.empty(); }
+
+  /// The bin of x in channel c, exactly as counted (for refinement passes).
+  std::int32_t bin_of(index_t c, T x) const { return detail::scalar::bin_of(grids_[static_cast<std::size_t>(c)], x); }
+
+ private:
+  index_t stride() const { return options_.bins + 1; }  // the extra slot collects values off the grid
+  std::string name_note() const { return options_.name.empty() ? "" : " of tensor '" + options_.name + "'"; }
+  void require_grid(const char* what) const {
+    if (grids_.empty()) {
+      throw std::logic_error(std::string("qsafe::histogram::") + what +
+                             ": the grid is not fixed yet (observe pass 1, then call next_pass())");
+    }
+  }
+
+  void make_grids(std::span<const value_range> ranges) {
+    grids_.clear();
+    for (std::size_t c = 0; c < ranges.size(); ++c) {
+      const T lo = static_cast<T>(ranges[c].lo), hi = static_cast<T>(ranges[c].hi);
+      if (!std::isfinite(hi - lo)) {
+        throw std::invalid_argument("qsafe::histogram: the range of channel " + std::to_string(c) + name_note() +
+                                    " is wider than the element type's largest value; no grid over it");
+      }
+      const double width = static_cast<double>(hi) - static_cast<double>(lo);
+      const T scale = width > 0.0 ? static_cast<T>(static_cast<double>(options_.bins) / width) : T(0);
+      grids_.push_back({lo, hi, scale, static_cast<T>(options_.bins - 1), static_cast<std::int32_t>(options_.bins)});
+    }
+    counts_.assign(grids_.size() * static_cast<std::size_t>(stride()), 0);
+  }
+
+  // NaN / ±inf / off-grid counts of one batch, by channel (the slow path, taken only when a value went outside).
+  struct bad_values {
+    std::int64_t nan = 0, inf = 0, off_grid = 0;
+  };
+  bad_values diagnose(const matrix_view<const T>& x) const {
+    bad_values b;
+    for (index_t r = 0; r < x.rows; ++r) {
+      for (index_t j = 0; j < x.cols; ++j) {
+        const T v = x(r, j);
+        const index_t c = layout_.axis == channel_axis::column ? j : r % layout_.channels;
+        if (std::isnan(v)) {
+          ++b.nan;
+        } else if (std::isinf(v)) {
+          ++b.inf;
+        } else if (!grids_.empty() && bin_of(c, v) == options_.bins) {
+          ++b.off_grid;
+        }
+      }
+    }
+    return b;
+  }
+
+  // Throws for the NaN / ±inf the options do not allow to skip, before any state changes.
+  void check_non_finite(const char* function, std::int64_t nan, std::int64_t inf, index_t n) const {
+    if (nan > 0 && options_.nan == non_finite_policy::error) {
+      detail::fail(function, "x",
+                   (options_.name.empty() ? std::string() : "(tensor '" + options_.name + "') ") + "contains " +
+                       std::to_string(nan) + " NaN value(s) among " + std::to_string(n) +
+                       "; calibration needs finite data (histogram_options::nan = non_finite_policy::skip skips and "
+                       "counts them)");
+    }
+    if (inf > 0 && options_.inf == non_finite_policy::error) {
+      detail::fail(function, "x",
+                   (options_.name.empty() ? std::string() : "(tensor '" + options_.name + "') ") + "contains " +
+                       std::to_string(inf) + " infinite value(s) among " + std::to_string(n) +
+                       "; a range cannot be infinite (histogram_options::inf = non_finite_policy::skip skips and "
+                       "counts them)");
+    }
+  }
+
+  template <class Policy>
+  void observe_range(const Policy& policy, const matrix_view<const T>& x) {
+    std::vector<detail::finite_range<T>> batch(first_.size());
+    for (index_t r = 0; r < x.rows; ++r) {
+      if (layout_.axis == channel_axis::column) {
+        detail::finite_range_columns(policy, x.row(r), x.cols, batch.data());
+      } else {
+        detail::finite_range_row(policy, x.row(r), x.cols, batch[static_cast<std::size_t>(r % layout_.channels)]);
+      }
+    }
+    std::int64_t nan = 0, inf = 0;
+    for (const auto& b : batch) nan += b.nan, inf += b.inf;
+    check_non_finite("histogram::observe", nan, inf, x.size());
+    const index_t per_channel = x.size() / layout_.channels;
+    for (std::size_t c = 0; c < first_.size(); ++c) {
+      first_[c].lo = std::min(first_[c].lo, batch[c].lo);
+      first_[c].hi = std::max(first_[c].hi, batch[c].hi);
+      finite_[c] += per_channel - batch[c].nan - batch[c].inf;
+    }
+    nan_ += nan;
+    inf_ += inf;
+  }
+
+  // Counts a block of rows into `tables` (a private table set); returns the values that went outside.
+  template <class Policy, class Count>
+  std::int64_t count_rows(const Policy& policy, const matrix_view<const T>& x, index_t begin, index_t end,
+                          Count* tables, index_t table_count) const {
+    std::int64_t outside = 0;
+    for (index_t r = begin; r < end; ++r) {
+      if (layout_.axis == channel_axis::column) {
+        outside += detail::histogram_columns(policy, grids_.data(), x.row(r), x.cols, tables);
+      } else {
+        const auto c = r % layout_.channels;
+        outside += detail::histogram_row(policy, grids_[static_cast<std::size_t>(c)], x.row(r), x.cols,
+                                         tables + c * table_count * stride(), table_count);
+      }
+    }
+    return outside;
+  }
+
+  template <class Policy>
+  void observe_counts(const Policy& policy, const matrix_view<const T>& x) {
+    const int threads = detail::thread_count(policy);
+    const int team = detail::team_size(threads, x.rows);
+    const auto channel_slots = static_cast<std::size_t>(layout_.channels * stride());
+    std::vector<std::vector<std::int64_t>> partial(static_cast<std::size_t>(team));
+    std::int64_t outside = 0;
+    if (layout_.axis == channel_axis::row && layout_.channels == 1) {
+      // Per tensor: four tables of 32-bit counts per thread (L1-resident), folded into 64-bit partial sums
+      // before any 32-bit count could wrap.
+      constexpr index_t tables = 4;
+      constexpr index_t fold_every = index_t(1) << 30;
+      std::vector<std::int64_t> outs(static_cast<std::size_t>(team), 0);
+      detail::for_each_block(threads, x.rows, [&](int t, index_t begin, index_t end) {
+        std::vector<std::uint32_t> scratch(static_cast<std::size_t>(tables * stride()), 0u);
+        std::vector<std::int64_t>& sum = partial[static_cast<std::size_t>(t)];
+        sum.assign(static_cast<std::size_t>(stride()), 0);
+        auto fold = [&] {
+          for (index_t k = 0; k < tables; ++k)
+            for (index_t b = 0; b < stride(); ++b)
+              sum[static_cast<std::size_t>(b)] +=
+                  std::exchange(scratch[static_cast<std::size_t>(k * stride() + b)], 0u);
+        };
+        index_t pending = 0;
+        for (index_t r = begin; r < end; ++r) {
+          for (index_t j = 0; j < x.cols; j += fold_every) {
+            const index_t m = std::min(fold_every, x.cols - j);
+            outs[static_cast<std::size_t>(t)] +=
+                detail::histogram_row(policy, grids_[0], x.row(r) + j, m, scratch.data(), tables);
+            pending += m;
+            if (pending >= fold_every) {
+              fold();
+              pending = 0;
+            }
+          }
+        }
+        fold();
+      });
+      for (const std::int64_t o : outs) outside += o;
+      if (outside > 0) accept_outside(x);  // throws unless every outside value is a skipped NaN / ±inf
+      for (const auto& sum : partial)
+        for (std::size_t b = 0; b < sum.size(); ++b) counts_[b] += sum[b];
+    } else {
+      // Per channel: 64-bit counts straight into the totals (thread 0) or a private copy (other threads).
+      std::vector<std::int64_t> outs(static_cast<std::size_t>(team), 0);
+      detail::for_each_block(threads, x.rows, [&](int t, index_t begin, index_t end) {
+        std::int64_t* tables = counts_.data();
+        if (t > 0) {
+          partial[static_cast<std::size_t>(t)].assign(channel_slots, 0);
+          tables = partial[static_cast<std::size_t>(t)].data();
+        }
+        outs[static_cast<std::size_t>(t)] = count_rows(policy, x, begin, end, tables, index_t(1));
+      });
+      for (const std::int64_t o : outs) outside += o;
+      for (const auto& sum : partial)
+        for (std::size_t i = 0; i < sum.size(); ++i) counts_[i] += sum[i];
+      if (outside > 0) {
+        try {
+          accept_outside(x);
+        } catch (...) {
+          // Undo exactly: count the batch again into a fresh table and subtract it.
+          std::vector<std::int64_t> again(channel_slots, 0);
+          count_rows(cpu, x, 0, x.rows, again.data(), index_t(1));
+          for (std::size_t i = 0; i < again.size(); ++i) counts_[i] -= again[i];
+          throw;
+        }
+      }
+    }
+  }
+
+  // Some values of the batch fell outside the grid: fine only if all of them are NaN / ±inf the options skip.
+  void accept_outside(const matrix_view<const T>& x) {
+    const bad_values b = diagnose(x);
+    check_non_finite("histogram::observe", b.nan, b.inf, x.size());
+    if (b.off_grid > 0) {
+      detail::fail("histogram::observe", "x",
+                   (options_.name.empty() ? std::string() : "(tensor '" + options_.name + "') ") + "has " +
+                       std::to_string(b.off_grid) + " value(s) outside the histogram's grid (" +
+                       (fixed_ ? std::string("the ranges given at construction")
+                               : std::string("the range pass 1 observed: pass 2 must see the same batches")) +
+                       "); they are neither clamped nor dropped");
+    }
+    if (fixed_) nan_ += b.nan, inf_ += b.inf;
+  }
+
+  channel_layout layout_;
+  histogram_options options_;
+  int pass_ = 0;
+  bool fixed_ = false;
+  std::vector<detail::finite_range<T>> first_;
+  std::vector<std::int64_t> finite_;  // finite values per channel seen in pass 1
+  std::vector<detail::grid_lanes<T>> grids_;
+  std::vector<std::int64_t> counts_;  // channels x (bins + 1)
+  std::int64_t nan_ = 0, inf_ = 0;
+};
+
+}  // namespace qsafe
