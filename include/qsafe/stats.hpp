@@ -48,11 +48,15 @@ index_t count_non_finite(const matrix_view<const T>& x) {
   return bad;
 }
 
+// `count` NaN or infinite values in `x` (the CUDA backend counts them on the device).
+[[noreturn]] inline void fail_non_finite_count(std::string_view function, index_t count) {
+  fail(function, "x",
+       "contains " + std::to_string(count) + " NaN or infinite values; statistics and ranges need finite data");
+}
+
 template <class T>
 [[noreturn]] void fail_non_finite(std::string_view function, const matrix_view<const T>& x) {
-  fail(function, "x",
-       "contains " + std::to_string(count_non_finite(x)) +
-           " NaN or infinite values; statistics and ranges need finite data");
+  fail_non_finite_count(function, count_non_finite(x));
 }
 
 template <class T>

@@ -1,0 +1,130 @@
+// GPU benchmark of the statistics and range-estimation ops: effective read bandwidth of the one-pass ops (the
+// tensor read once) next to a device copy of the same bytes (read + write counted), and the time of the
+// percentile selection and the MSE search. Each call returns its result on the host, so what is timed (CUDA
+// events around the call) includes the final copy and synchronization. Median of --repeats.
+//
+//   bench_cuda_stats [--elements N] [--repeats R]
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "qsafe/cuda/estimators.cuh"
+#include "qsafe/cuda/stats.cuh"
+
+namespace {
+
+void check(cudaError_t code, const char* call) {
+  qsafe::detail::cuda::check(code, "bench", call);
+}
+
+// Roughly normal values (a sum of four hashed uniforms, sd ~1.15), so that the keys crowd into few top bins as
+// real activations do.
+template <class T>
+__global__ void fill_normalish(T* out, std::size_t n, std::uint32_t seed) {
+  for (std::size_t i = blockIdx.x * std::size_t{blockDim.x} + threadIdx.x; i < n;
+       i += std::size_t{gridDim.x} * blockDim.x) {
+    float sum = 0.0f;
+    for (std::uint32_t k = 0; k < 4; ++k) {
+      std::uint32_t h = (static_cast<std::uint32_t>(i) * 4u + k) * 0x9E3779B1u ^ seed;
+      h ^= h >> 15;
+      h *= 0x2C1B3C6Du;
+      h ^= h >> 12;
+      h *= 0x297A2D39u;
+      h ^= h >> 15;
+      sum += static_cast<float>(h >> 8) * 0x1p-24f * 2.0f - 1.0f;
+    }
+    out[i] = static_cast<T>(sum);
+  }
+}
+
+template <class F>
+double median_ms(int repeats, F&& run) {
+  cudaEvent_t start, stop;
+  check(cudaEventCreate(&start), "cudaEventCreate");
+  check(cudaEventCreate(&stop), "cudaEventCreate");
+  for (int i = 0; i < 2; ++i) run();
+  std::vector<float> times;
+  for (int i = 0; i < repeats; ++i) {
+    check(cudaEventRecord(start), "cudaEventRecord");
+    run();
+    check(cudaEventRecord(stop), "cudaEventRecord");
+    check(cudaEventSynchronize(stop), "cudaEventSynchronize");
+    float ms = 0;
+    check(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime");
+    times.push_back(ms);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+template <class T>
+void bench_type(const char* dtype, std::size_t n, int repeats) {
+  T *x, *y;
+  check(cudaMalloc(&x, n * sizeof(T)), "cudaMalloc");
+  check(cudaMalloc(&y, n * sizeof(T)), "cudaMalloc");
+  fill_normalish<<<1024, 256>>>(x, n, 7u);
+  check(cudaDeviceSynchronize(), "fill");
+  const double bytes = static_cast<double>(n) * sizeof(T);
+  const auto size = static_cast<qsafe::index_t>(n);
+  const qsafe::matrix_view<const T> flat(x, 1, size);
+  const qsafe::index_t cols = 4096;
+  const qsafe::matrix_view<const T> matrix(x, size / cols, cols);
+  const qsafe::cuda_t gpu{};
+  const double copy = median_ms(
+      repeats, [&] { check(cudaMemcpyAsync(y, x, n * sizeof(T), cudaMemcpyDeviceToDevice), "cudaMemcpyAsync"); });
+  const double copy_tbps = 2 * bytes / copy * 1e-9;
+  std::printf("%-9s device copy %.3f TB/s (read + write), %zu elements\n", dtype, copy_tbps, n);
+  auto one_pass = [&](const char* name, auto&& run) {
+    const double ms = median_ms(repeats, run);
+    const double tbps = bytes / ms * 1e-9;
+    std::printf("%-9s %-40s %8.3f ms %6.3f TB/s (%5.1f%% of copy)\n", dtype, name, ms, tbps, 100 * tbps / copy_tbps);
+  };
+  auto timed = [&](const char* name, int reps, auto&& run) {
+    std::printf("%-9s %-40s %8.3f ms\n", dtype, name, median_ms(reps, run));
+  };
+  qsafe::moments m;
+  one_pass("tensor_moments", [&] { m = qsafe::tensor_moments(gpu, flat); });
+  std::printf("%-9s   (mean %.6f, kurtosis %.6f)\n", dtype, m.mean, m.kurtosis());
+  one_pass("channel_ranges per tensor (min-max)", [&] { (void)qsafe::channel_ranges(gpu, flat); });
+  one_pass("channel_ranges 4096 column channels", [&] {
+    (void)qsafe::channel_ranges(gpu, matrix, {qsafe::channel_axis::column, cols});
+  });
+  one_pass("channel_ranges 1024 row channels", [&] {
+    (void)qsafe::channel_ranges(gpu, matrix, {qsafe::channel_axis::row, 1024});
+  });
+  const std::vector<double> tails = {0.001, 99.999}, median = {50.0};
+  std::vector<double> got;
+  timed("percentiles {0.001, 99.999} (4 ranks)", repeats,
+        [&] { got = qsafe::percentiles(gpu, flat, std::span<const double>(tails)); });
+  std::printf("%-9s   (%.7f, %.7f)\n", dtype, got[0], got[1]);
+  timed("percentile 50", repeats, [&] { got = qsafe::percentiles(gpu, flat, std::span<const double>(median)); });
+  timed("mse_search 8-bit symmetric, 100 cand.", std::max(3, repeats / 5),
+        [&] { (void)qsafe::mse_search(gpu, flat, 8, qsafe::quant_mode::symmetric, 100); });
+  cudaFree(x);
+  cudaFree(y);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::size_t n = std::size_t{1} << 28;
+  int repeats = 20;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (!std::strcmp(argv[i], "--elements")) n = std::strtoull(argv[i + 1], nullptr, 10);
+    if (!std::strcmp(argv[i], "--repeats")) repeats = std::atoi(argv[i + 1]);
+  }
+  n = n / 4096 * 4096;
+  std::printf("# statistics and estimators, median of %d (CUDA events around each call, result on the host)\n",
+              repeats);
+  bench_type<float>("float32", n, repeats);
+  bench_type<__nv_bfloat16>("bfloat16", n, repeats);
+  return 0;
+}

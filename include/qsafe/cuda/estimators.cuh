@@ -1,0 +1,163 @@
+#pragma once
+/// \file
+/// Range estimation on a CUDA device (REFERENCE §2, docs/quantization.md), with `qsafe::cuda_t{stream}` on
+/// device pointers; the building blocks of qsafe/estimators.hpp's estimators, each giving what the host
+/// estimator computes from one batch. Include only from .cu files.
+///
+/// \code
+///   qsafe::cuda_t gpu{stream};
+///   std::vector<qsafe::value_range> r = qsafe::channel_ranges(gpu, x, {qsafe::channel_axis::column, x.cols});
+///   std::vector<double> tails = qsafe::percentiles(gpu, x, std::vector<double>{0.001, 99.999});
+///   qsafe::mse_search_result best = qsafe::mse_search(gpu, x, 8, qsafe::quant_mode::symmetric);
+/// \endcode
+///
+/// - `channel_ranges`: min and max per channel of the `channel_layout` (min_max_estimator on one batch): one read.
+/// - `observe_running_min_max`: running_min_max_estimator::observe's update of a state the caller keeps.
+/// - `percentiles` / `percentile`: exact, `percentiles(qsafe::cpu, ...)`'s definition (linear interpolation
+///   between order statistics, `h = (n − 1)·p/100`), any size: a radix selection in three passes over the tensor,
+///   histograms on the device, no sort and no copy of the tensor.
+/// - `quantization_losses`: `sum (x − fake_quantize(x))^2` for each of a list of parameters, in one read of the
+///   tensor per 256 candidates (fp32 per-thread sums of 32 terms, then double): relative error ~1e-6.
+/// - `mse_search`: mse_estimator's search on one batch, per tensor: the min-max range, its candidates scaled by
+///   k/candidates, all losses in one pass, the smallest loss (ties to the wider range).
+/// Element types float, __half, __nv_bfloat16 (values widened to float exactly; quantization parameters as for
+/// float, `make_qparams<float>`). Each call synchronizes `stream` (results are on the host) and takes a small
+/// workspace with cudaMallocAsync on it. Errors: as the host estimators (empty batch, layout, NaN / ±inf with
+/// their count, p outside [0, 100]) with `std::invalid_argument` naming the argument; CUDA errors throw
+/// `qsafe::cuda_error`. Per-channel percentile and MSE: not yet on CUDA.
+
+#include <algorithm>
+#include <cmath>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "qsafe/cuda/execution.cuh"
+#include "qsafe/detail/cuda/dispatch_stats.cuh"
+#include "qsafe/estimators.hpp"
+#include "qsafe/quant.hpp"
+#include "qsafe/stats.hpp"
+
+namespace qsafe {
+
+/// The min and max of each channel of `x` (one entry per channel of `layout`; per tensor by default).
+template <cuda_element T>
+std::vector<value_range> channel_ranges(const cuda_t& policy, matrix_view<const T> x, channel_layout layout = {}) {
+  detail::check_layout("channel_ranges", layout);
+  detail::check_batch("channel_ranges", layout, x);
+  const bool columns = layout.axis == channel_axis::column;
+  const detail::cuda::channel_extremes e =
+      detail::cuda::channel_ranges("channel_ranges", policy.stream, x, columns, layout.channels);
+  if (e.non_finite > 0) detail::fail_non_finite_count("channel_ranges", static_cast<index_t>(e.non_finite));
+  std::vector<value_range> out;
+  for (std::size_t c = 0; c < e.lo.size(); ++c) out.push_back({e.lo[c], e.hi[c]});
+  return out;
+}
+
+/// Running min-max's update with batch `x` (running_min_max_estimator::observe): `state` empty: the batch's
+/// ranges; else `lo <- m·lo + (1 − m)·lo_batch` (double), likewise `hi`. `state` is unchanged if this throws.
+template <cuda_element T>
+void observe_running_min_max(const cuda_t& policy, matrix_view<const T> x, double momentum,
+                             const channel_layout& layout, std::vector<value_range>& state) {
+  detail::check_momentum("observe_running_min_max", momentum);
+  if (!state.empty() && static_cast<index_t>(state.size()) != layout.channels) {
+    detail::fail("observe_running_min_max", "state",
+                 "has " + std::to_string(state.size()) + " entries but the layout has " +
+                     std::to_string(layout.channels) + " channels");
+  }
+  detail::running_update(state, channel_ranges(policy, x, layout), momentum);
+}
+
+/// The exact `p`-th percentiles of all elements of `x`, as `percentiles(qsafe::cpu, ...)` defines them.
+template <cuda_element T>
+std::vector<double> percentiles(const cuda_t& policy, matrix_view<const T> x, std::span<const double> p) {
+  detail::check_non_empty("percentiles", x);
+  for (const double q : p) {
+    if (!(q >= 0.0 && q <= 100.0)) detail::fail("percentiles", "p", "must be in [0, 100], got " + std::to_string(q));
+  }
+  // Ranks and interpolation: the host `percentiles`' definition (estimators.hpp), step for step.
+  const index_t n = x.size();
+  std::vector<index_t> ranks;
+  std::vector<double> h;
+  for (const double q : p) {
+    h.push_back(static_cast<double>(n - 1) * (q / 100.0));
+    const auto k = static_cast<index_t>(std::floor(h.back()));
+    ranks.push_back(k);
+    ranks.push_back(std::min(k + 1, n - 1));
+  }
+  std::vector<index_t> sorted = ranks;
+  std::sort(sorted.begin(), sorted.end());
+  sorted.erase(std::unique(sorted.begin(), sorted.end()), sorted.end());
+  const detail::cuda::selected_values sel =
+      detail::cuda::select_ranks("percentiles", policy.stream, x, std::span<const index_t>(sorted));
+  if (sel.non_finite > 0) detail::fail_non_finite_count("percentiles", static_cast<index_t>(sel.non_finite));
+  auto value_at = [&](index_t k) {
+    return static_cast<double>(
+        sel.values[static_cast<std::size_t>(std::lower_bound(sorted.begin(), sorted.end(), k) - sorted.begin())]);
+  };
+  std::vector<double> out;
+  for (std::size_t i = 0; i < p.size(); ++i) {
+    const double below = value_at(ranks[2 * i]), above = value_at(ranks[2 * i + 1]);
+    const double frac = h[i] - std::floor(h[i]);
+    out.push_back(frac == 0.0 ? below : below + frac * (above - below));
+  }
+  return out;
+}
+
+/// One percentile; see `percentiles`.
+template <cuda_element T>
+double percentile(const cuda_t& policy, matrix_view<const T> x, double p) {
+  return percentiles(policy, x, std::span<const double>(&p, 1))[0];
+}
+
+/// `sum over x of (x − fake_quantize(x, candidates[k]))^2` for each k (fake_quantize as for float, so x̂ is the
+/// value `fake_quantize(qsafe::cpu, ...)` gives). x must be finite (NaN / ±inf make losses NaN or inf), |x| below
+/// ~1e19 (fp32 squares).
+template <cuda_element T>
+std::vector<double> quantization_losses(const cuda_t& policy, matrix_view<const T> x,
+                                        std::span<const quant_params> candidates) {
+  detail::check_non_empty("quantization_losses", x);
+  std::vector<detail::lane_params<float>> lanes;
+  for (std::size_t k = 0; k < candidates.size(); ++k) {
+    detail::check_params("quantization_losses", "candidates[" + std::to_string(k) + "]", candidates[k]);
+    lanes.push_back(detail::to_lanes<float>(candidates[k]));
+  }
+  if (lanes.empty()) return {};
+  return detail::cuda::squared_errors("quantization_losses", policy.stream, x,
+                                      std::span<const detail::lane_params<float>>(lanes));
+}
+
+struct mse_search_result {
+  value_range range;           ///< the chosen clipping range (make_qparams<float>(range, bits, mode) quantizes)
+  int best = 0;                ///< its candidate index k (scale (k + 1) / candidates)
+  std::vector<double> losses;  ///< every candidate's summed squared error
+};
+
+/// mse_estimator's search on one batch, per tensor (see its doc comment for the candidates and the tie rule).
+template <cuda_element T>
+mse_search_result mse_search(const cuda_t& policy, matrix_view<const T> x, int bits, quant_mode mode,
+                             int candidates = 100) {
+  detail::check_bits("mse_search", bits);
+  detail::check_mode("mse_search", mode);
+  if (candidates < 1) detail::fail("mse_search", "candidates", "must be >= 1, got " + std::to_string(candidates));
+  const value_range bounds = channel_ranges(policy, x)[0];
+  // The candidates of mse_estimator::candidate (estimators.hpp).
+  const double lo = mode == quant_mode::asymmetric ? std::min(bounds.lo, 0.0) : bounds.lo;
+  const double hi = mode == quant_mode::asymmetric ? std::max(bounds.hi, 0.0) : bounds.hi;
+  std::vector<value_range> ranges;
+  std::vector<quant_params> params;
+  for (int k = 0; k < candidates; ++k) {
+    const double f = static_cast<double>(k + 1) / static_cast<double>(candidates);
+    ranges.push_back({k + 1 == candidates ? lo : lo * f, k + 1 == candidates ? hi : hi * f});
+    params.push_back(make_qparams<float>(ranges.back(), bits, mode));
+  }
+  mse_search_result out;
+  out.losses = quantization_losses(policy, x, std::span<const quant_params>(params));
+  out.best = candidates - 1;
+  for (int k = candidates - 1; k >= 0; --k)
+    if (out.losses[static_cast<std::size_t>(k)] < out.losses[static_cast<std::size_t>(out.best)]) out.best = k;
+  out.range = ranges[static_cast<std::size_t>(out.best)];
+  return out;
+}
+
+}  // namespace qsafe

@@ -1,0 +1,264 @@
+#pragma once
+// Launches of the statistics, range, selection and MSE kernels: grids, the device workspace (stream-ordered
+// cudaMallocAsync, freed on the stream), and the one copy of the result to the host at the end of each op.
+// A contiguous matrix is walked as one long row; at most `reduction_tuning::max_blocks` blocks, so per-block
+// partials stay few and the final combine is one small kernel.
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <bit>
+#include <climits>
+#include <cstdint>
+#include <span>
+#include <string_view>
+#include <vector>
+
+#include "qsafe/cuda/execution.cuh"
+#include "qsafe/detail/cuda/dispatch_softmax.cuh"  // aligned_16
+#include "qsafe/detail/cuda/kernels/mse.cuh"
+#include "qsafe/detail/cuda/kernels/select.cuh"
+#include "qsafe/detail/cuda/kernels/stats.cuh"
+#include "qsafe/moments.hpp"
+
+namespace qsafe::detail::cuda {
+
+struct reduction_tuning {
+  // 132 SMs x 8 blocks of 256 threads: one wave on an H100. Fixed (not read off the device), so the partition of
+  // the tensor, and with it every rounding, is the same on any GPU.
+  static constexpr index_t max_blocks = 1056;
+  // Elements per thread per tile in the moments and MSE kernels: 32 (8 float packets, 4 half ones) keeps 128
+  // bytes a thread in flight and amortizes the per-tile merge over 32 values.
+  static constexpr int tile_elements = 32;
+  // Histogram copies per block in the first selection pass (the top 11 bits of every key: few hot bins).
+  static constexpr int first_pass_copies = 4;
+  // Candidates per MSE launch (the shared accumulators: 8 warps x 256 doubles = 16 KiB).
+  static constexpr int max_candidates_per_launch = 256;
+};
+
+// A matrix as the kernels walk it: contiguous ones as a single row when that fits an int.
+struct walk_shape {
+  index_t rows;
+  int cols;
+  index_t stride;
+};
+
+template <class T>
+walk_shape flat_shape(const matrix_view<const T>& x) {
+  const bool contiguous = x.rows <= 1 || x.row_stride == x.cols;
+  if (contiguous && x.size() <= INT_MAX / 2) return {1, static_cast<int>(x.size()), x.size()};
+  return {x.rows, static_cast<int>(x.cols), x.row_stride};
+}
+
+// At most max_blocks blocks: along the row as many as the tiles need, then rows.
+inline dim3 reduction_grid(const walk_shape& s, int elements_per_thread) {
+  const index_t span = index_t{reduce_block_threads} * elements_per_thread;
+  const index_t bx = std::clamp<index_t>((s.cols + span - 1) / span, 1, reduction_tuning::max_blocks);
+  const index_t by = std::clamp<index_t>(reduction_tuning::max_blocks / bx, 1, std::min<index_t>(s.rows, 65535));
+  return dim3(static_cast<unsigned>(bx), static_cast<unsigned>(by));
+}
+
+// Device memory for one op, released on the stream (stream-ordered, so no synchronization to free it).
+class workspace {
+ public:
+  workspace(std::string_view function, cudaStream_t stream, std::size_t bytes) : function_(function), stream_(stream) {
+    check(cudaMallocAsync(&data_, std::max<std::size_t>(bytes, 16), stream), function, "cudaMallocAsync(workspace)");
+  }
+  workspace(const workspace&) = delete;
+  workspace& operator=(const workspace&) = delete;
+  ~workspace() { cudaFreeAsync(data_, stream_); }
+  template <class U>
+  U* at(std::size_t offset) const {
+    return reinterpret_cast<U*>(static_cast<char*>(data_) + offset);
+  }
+
+ private:
+  std::string_view function_;
+  cudaStream_t stream_;
+  void* data_ = nullptr;
+};
+
+// Calls go(std::integral_constant<int, N>) with N = the 16-byte packet where every row start is aligned, else 1.
+template <class T, class Go>
+void with_packet(const matrix_view<const T>& x, Go&& go) {
+  if (aligned_16(x.data, x.row_stride, x.rows)) {
+    go(std::integral_constant<int, 16 / static_cast<int>(sizeof(T))>{});
+  } else {
+    go(std::integral_constant<int, 1>{});
+  }
+}
+
+template <class T>
+void copy_to_host(std::string_view function, cudaStream_t stream, T* host, const T* device, std::size_t count) {
+  check(cudaMemcpyAsync(host, device, count * sizeof(T), cudaMemcpyDeviceToHost, stream), function,
+        "cudaMemcpyAsync(result)");
+  check(cudaStreamSynchronize(stream), function, "cudaStreamSynchronize");
+}
+
+// The moments of all elements (one read), and the count of non-finite ones.
+template <class T>
+partial_moments tensor_moments(std::string_view function, cudaStream_t stream, const matrix_view<const T>& x) {
+  const walk_shape s = flat_shape(x);
+  const dim3 grid = reduction_grid(s, reduction_tuning::tile_elements);
+  const unsigned blocks = grid.x * grid.y;
+  const workspace space(function, stream, (blocks + 1) * sizeof(partial_moments));
+  auto* partials = space.at<partial_moments>(0);
+  with_packet(x, [&](auto packet) {
+    constexpr int N = decltype(packet)::value;
+    moments_kernel<N, reduction_tuning::tile_elements / N>
+        <<<grid, reduce_block_threads, 0, stream>>>(s.rows, s.cols, x.data, s.stride, partials);
+  });
+  check(cudaGetLastError(), function, "the moments kernel launch");
+  combine_moments_kernel<<<1, reduce_block_threads, 0, stream>>>(partials, static_cast<int>(blocks), partials + blocks);
+  check(cudaGetLastError(), function, "the combine kernel launch");
+  partial_moments result{};
+  copy_to_host(function, stream, &result, partials + blocks, 1);
+  return result;
+}
+
+inline float from_order_key(std::uint32_t key) {
+  const std::uint32_t bits = (key & 0x80000000u) ? (key ^ 0x80000000u) : ~key;
+  return std::bit_cast<float>(bits);
+}
+
+struct channel_extremes {
+  std::vector<float> lo, hi;  // per channel
+  unsigned long long non_finite = 0;
+};
+
+// Min and max per channel: along rows (row r is channel r % channels; 1 channel: per tensor) or along columns
+// (channels == cols).
+template <class T>
+channel_extremes channel_ranges(std::string_view function, cudaStream_t stream, const matrix_view<const T>& x,
+                                bool along_columns, index_t channels) {
+  const auto c = static_cast<std::size_t>(channels);
+  const workspace space(function, stream, 2 * c * sizeof(std::uint32_t) + sizeof(unsigned long long));
+  auto* non_finite = space.at<unsigned long long>(0);
+  auto* keys = space.at<std::uint32_t>(sizeof(unsigned long long));
+  check(cudaMemsetAsync(keys, 0xff, c * sizeof(std::uint32_t), stream), function, "cudaMemsetAsync");
+  check(cudaMemsetAsync(keys + c, 0, c * sizeof(std::uint32_t), stream), function, "cudaMemsetAsync");
+  check(cudaMemsetAsync(non_finite, 0, sizeof(unsigned long long), stream), function, "cudaMemsetAsync");
+  with_packet(x, [&](auto packet) {
+    constexpr int N = decltype(packet)::value;
+    if (along_columns) {
+      const index_t threads = (x.cols + N - 1) / N;
+      const index_t bx = (threads + reduce_block_threads - 1) / reduce_block_threads;
+      const index_t by =
+          std::clamp<index_t>(reduction_tuning::max_blocks * 2 / bx, 1, std::min<index_t>(x.rows, 65535));
+      column_ranges_kernel<N>
+          <<<dim3(static_cast<unsigned>(bx), static_cast<unsigned>(by)), reduce_block_threads, 0, stream>>>(
+              x.rows, static_cast<int>(x.cols), x.data, x.row_stride, keys, non_finite);
+    } else {
+      const walk_shape s = channels == 1 ? flat_shape(x) : walk_shape{x.rows, static_cast<int>(x.cols), x.row_stride};
+      dim3 grid = reduction_grid(s, 4 * N);
+      // A multiple of `channels` rows apart: each block sees one channel (fewer publications).
+      if (channels > 1 && channels <= 65535) {
+        const index_t per = std::max<index_t>(1, std::min<index_t>(65535 / channels, grid.y / channels));
+        grid.y = static_cast<unsigned>(std::min(channels * per, s.rows));
+      }
+      row_ranges_kernel<N>
+          <<<grid, reduce_block_threads, 0, stream>>>(s.rows, s.cols, x.data, s.stride, channels, keys, non_finite);
+    }
+  });
+  check(cudaGetLastError(), function, "the range kernel launch");
+  std::vector<std::uint32_t> host_keys(2 * c);
+  check(cudaMemcpyAsync(host_keys.data(), keys, 2 * c * sizeof(std::uint32_t), cudaMemcpyDeviceToHost, stream),
+        function, "cudaMemcpyAsync(result)");
+  channel_extremes out;
+  copy_to_host(function, stream, &out.non_finite, non_finite, 1);
+  for (std::size_t i = 0; i < c; ++i) {
+    out.lo.push_back(from_order_key(host_keys[i]));
+    out.hi.push_back(from_order_key(host_keys[c + i]));
+  }
+  return out;
+}
+
+struct selected_values {
+  std::vector<float> values;  // values[i]: the ranks[i]-th smallest (0-based)
+  unsigned long long non_finite = 0;
+};
+
+// The ranks[i]-th smallest elements of x, exact: three histogram + select passes per group of
+// max_select_targets ranks.
+template <class T>
+selected_values select_ranks(std::string_view function, cudaStream_t stream, const matrix_view<const T>& x,
+                             std::span<const index_t> ranks) {
+  const walk_shape s = flat_shape(x);
+  const std::size_t counts_bytes = max_select_targets * select_max_bins * sizeof(unsigned long long);
+  const workspace space(function, stream,
+                        counts_bytes + max_select_targets * sizeof(select_target) + 2 * sizeof(unsigned long long));
+  auto* counts = space.at<unsigned long long>(0);
+  auto* targets = space.at<select_target>(counts_bytes);
+  auto* non_finite = space.at<unsigned long long>(counts_bytes + max_select_targets * sizeof(select_target));
+  check(cudaMemsetAsync(non_finite, 0, sizeof(unsigned long long), stream), function, "cudaMemsetAsync");
+  selected_values out;
+  for (std::size_t first = 0; first < ranks.size(); first += max_select_targets) {
+    const int count = static_cast<int>(std::min<std::size_t>(max_select_targets, ranks.size() - first));
+    select_target initial[max_select_targets] = {};
+    for (int t = 0; t < count; ++t)
+      initial[t].rank = static_cast<unsigned long long>(ranks[first + static_cast<std::size_t>(t)]);
+    // From pageable memory: the call returns once `initial` has been read.
+    check(cudaMemcpyAsync(targets, initial, sizeof initial, cudaMemcpyHostToDevice, stream), function,
+          "cudaMemcpyAsync(targets)");
+    int known = 0;
+    for (const int bits : select_digit_bits) {
+      const int histograms = known == 0 ? 1 : count;
+      const int copies = known == 0 ? reduction_tuning::first_pass_copies : 1;
+      check(cudaMemsetAsync(counts, 0, static_cast<std::size_t>(histograms) << bits << 3, stream), function,
+            "cudaMemsetAsync(counts)");
+      const std::size_t shared = static_cast<std::size_t>(copies * histograms) * (std::size_t{1} << bits) * 4;
+      // Pass 1 counts the non-finite values; only the first group's count is kept.
+      unsigned long long* bad = first == 0 ? non_finite : non_finite + 1;
+      with_packet(x, [&](auto packet) {
+        constexpr int N = decltype(packet)::value;
+        radix_histogram_kernel<N><<<reduction_grid(s, 4 * N), reduce_block_threads, shared, stream>>>(
+            s.rows, s.cols, x.data, s.stride, targets, histograms, known, bits, copies, counts, bad);
+      });
+      check(cudaGetLastError(), function, "the histogram kernel launch");
+      radix_select_kernel<<<1, 32 * count, 0, stream>>>(targets, count, counts, histograms, bits);
+      check(cudaGetLastError(), function, "the select kernel launch");
+      known += bits;
+    }
+    select_target result[max_select_targets];
+    copy_to_host(function, stream, result, targets, max_select_targets);
+    for (int t = 0; t < count; ++t) out.values.push_back(from_order_key(result[t].prefix));
+  }
+  copy_to_host(function, stream, &out.non_finite, non_finite, 1);
+  return out;
+}
+
+// Summed squared fake-quantization error of each candidate over all elements of x, in double.
+template <class T>
+std::vector<double> squared_errors(std::string_view function, cudaStream_t stream, const matrix_view<const T>& x,
+                                   std::span<const lane_params<float>> candidates) {
+  const walk_shape s = flat_shape(x);
+  const dim3 grid = reduction_grid(s, reduction_tuning::tile_elements);
+  const unsigned blocks = grid.x * grid.y;
+  const std::size_t total = candidates.size();
+  const std::size_t per = std::min<std::size_t>(total, reduction_tuning::max_candidates_per_launch);
+  const std::size_t params_bytes = (total * sizeof(lane_params<float>) + 15) / 16 * 16;
+  const workspace space(function, stream, params_bytes + (blocks + 1) * per * sizeof(double));
+  auto* params = space.at<lane_params<float>>(0);
+  auto* partials = space.at<double>(params_bytes);
+  double* sums = partials + blocks * per;
+  check(cudaMemcpyAsync(params, candidates.data(), total * sizeof(lane_params<float>), cudaMemcpyHostToDevice, stream),
+        function, "cudaMemcpyAsync(candidates)");
+  std::vector<double> out(total);
+  for (std::size_t first = 0; first < total; first += per) {
+    const int count = static_cast<int>(std::min(per, total - first));
+    const std::size_t shared = (reduce_block_threads / 32) * static_cast<std::size_t>(count) * sizeof(double) +
+                               static_cast<std::size_t>(count) * sizeof(lane_params<float>);
+    with_packet(x, [&](auto packet) {
+      constexpr int N = decltype(packet)::value;
+      squared_error_kernel<N, reduction_tuning::tile_elements / N><<<grid, reduce_block_threads, shared, stream>>>(
+          s.rows, s.cols, x.data, s.stride, params + first, count, partials);
+    });
+    check(cudaGetLastError(), function, "the squared-error kernel launch");
+    sum_partials_kernel<<<(count + 127) / 128, 128, 0, stream>>>(partials, static_cast<int>(blocks), count, sums);
+    check(cudaGetLastError(), function, "the sum kernel launch");
+    copy_to_host(function, stream, out.data() + first, sums, static_cast<std::size_t>(count));
+  }
+  return out;
+}
+
+}  // namespace qsafe::detail::cuda

@@ -1,0 +1,124 @@
+// CUDA statistics pass against qsafe::cpu on the very values the GPU reads (float, half, bfloat16): every data
+// kind of the host tests, awkward shapes (strides and misaligned starts whose padding is poisoned with 12345, so a
+// read outside the view shows in min / max), sizes over many blocks; determinism; errors.
+
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <limits>
+#include <utility>
+
+#include "qsafe/cuda/stats.cuh"
+#include "support.cuh"
+#include "support/distributions.hpp"
+
+using namespace qsafe;
+using namespace qsafe::test;
+using namespace qsafe::test::gpu;
+using Catch::Matchers::Contains;
+
+namespace {
+
+// Fills the view with `kind` data rounded to T (the offset kind at 1e3 for half, whose range ends at 65504).
+template <class T>
+void fill_kind(rng& random, test_matrix<T>& x, data_kind kind) {
+  const index_t n = x.shape.rows * x.shape.cols;
+  std::vector<double> v = make_data<double>(random, kind, n);
+  if (kind == data_kind::offset && std::is_same_v<T, __half>) {
+    for (double& d : v) d -= 1e6 - 1e3;
+  }
+  for (index_t r = 0; r < x.shape.rows; ++r)
+    for (index_t c = 0; c < x.shape.cols; ++c)
+      x(r, c) = round_to<T>(static_cast<float>(v[static_cast<std::size_t>(r * x.shape.cols + c)]));
+  x.upload();
+}
+
+// Both sides accumulate in double (the GPU over tiles of 32 about their midrange, the CPU over chunks of 4096 about
+// their mean): each is within a few hundred eps_double of exact; 1e-9 leaves room for the cancellation the host
+// tests allow for. mean relative to |mean|·1e-3 + sd, m3 relative to m2^1.5/sqrt(n) (both can be 0).
+void check_close(const moments& m, const moments& want) {
+  constexpr double tol = 1e-9;
+  const double n = static_cast<double>(want.count), sd = std::sqrt(want.m2 / n);
+  CHECK(m.count == want.count);
+  CHECK(m.min == want.min);
+  CHECK(m.max == want.max);
+  CHECK(m.inf_norm() == want.inf_norm());
+  CHECK(std::fabs(m.mean - want.mean) <= tol * (std::fabs(want.mean) * 1e-3 + sd) + 4e-16 * std::fabs(want.mean));
+  CHECK(std::fabs(m.m2 - want.m2) <= tol * want.m2);
+  CHECK(std::fabs(m.m3 - want.m3) <= tol * (std::fabs(want.m3) + std::pow(want.m2, 1.5) / std::sqrt(n)));
+  CHECK(std::fabs(m.m4 - want.m4) <= tol * want.m4);
+  if (want.m2 > 0) {
+    CHECK(std::fabs(m.kurtosis() - want.kurtosis()) <= 4 * tol * want.kurtosis());
+  } else {
+    CHECK(std::isnan(m.kurtosis()));
+  }
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("CUDA tensor moments match the CPU reference on every distribution and shape",
+                   "[cuda][stats][moments]", QSAFE_CUDA_ELEMENTS) {
+  using T = TestType;
+  QSAFE_TEST_RNG(random);
+  int checked = 0;
+  for (const data_kind kind : all_data_kinds) {
+    for (const index_t cols : {1L, 3L, 17L, 1000L, 4099L, 9000L, random.integer(2, 70000)}) {
+      const gpu_shape s = random_gpu_shape<T>(random, cols);
+      INFO(name(kind) << ", rows " << s.rows << ", cols " << cols << ", stride " << s.stride << ", misalign "
+                      << s.misalign);
+      test_matrix<T> x(s);
+      fill_kind(random, x, kind);
+      const moments m = tensor_moments(cuda_t{}, x.cview());
+      check_close(m, tensor_moments(cpu, std::as_const(x).host_view()));
+      ++checked;
+    }
+  }
+  CHECK(checked == 35);
+}
+
+TEMPLATE_TEST_CASE("CUDA tensor moments of millions of values over many blocks match the CPU and are deterministic",
+                   "[cuda][stats][moments][large]", QSAFE_CUDA_ELEMENTS) {
+  using T = TestType;
+  QSAFE_TEST_RNG(random);
+  // One long contiguous row (the flattened walk, 1056 blocks) and a strided matrix (rows over blockIdx.y).
+  for (const gpu_shape s : {gpu_shape{1, 3000017, 3000017, 0}, gpu_shape{613, 4111, 4120, 0}}) {
+    const data_kind kind = random.coin() ? data_kind::heavy_tailed : data_kind::normal;
+    INFO(name(kind) << ", rows " << s.rows << ", cols " << s.cols << ", stride " << s.stride);
+    test_matrix<T> x(s);
+    fill_kind(random, x, kind);
+    const moments m = tensor_moments(cuda_t{}, x.cview());
+    check_close(m, tensor_moments(cpu, std::as_const(x).host_view()));
+    const moments again = tensor_moments(cuda_t{}, x.cview());
+    CHECK((again.mean == m.mean && again.m2 == m.m2 && again.m3 == m.m3 && again.m4 == m.m4));
+  }
+}
+
+TEST_CASE("CUDA tensor moments run on the given stream", "[cuda][stats][stream]") {
+  QSAFE_TEST_RNG(random);
+  cudaStream_t stream;
+  check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
+  test_matrix<float> x(gpu_shape{7, 3001, 3004, 0});
+  fill_kind(random, x, data_kind::normal);
+  const moments m = tensor_moments(cuda_t{stream}, x.cview());
+  check(cudaStreamDestroy(stream), "cudaStreamDestroy");
+  check_close(m, tensor_moments(cpu, std::as_const(x).host_view()));
+}
+
+TEMPLATE_TEST_CASE("CUDA tensor moments reject NaN and infinities with their count, and empty tensors",
+                   "[cuda][stats][errors]", QSAFE_CUDA_ELEMENTS) {
+  using T = TestType;
+  QSAFE_TEST_RNG(random);
+  test_matrix<T> x(gpu_shape{5, 1001, 1003, 1});
+  fill_kind(random, x, data_kind::normal);
+  const index_t bad = random.integer(1, 4);
+  for (index_t i = 0; i < bad; ++i) {
+    x(random.integer(0, 4), random.integer(0, 1000)) =
+        i % 2 ? std::numeric_limits<float>::quiet_NaN() : -std::numeric_limits<float>::infinity();
+  }
+  x.upload();
+  const index_t want =
+      static_cast<index_t>(std::count_if(x.host.begin(), x.host.end(), [](float v) { return !std::isfinite(v); }));
+  CHECK_THROWS_WITH(tensor_moments(cuda_t{}, x.cview()),
+                    Contains("'x'") && Contains("contains " + std::to_string(want) + " NaN or infinite"));
+  CHECK_THROWS_WITH(tensor_moments(cuda_t{}, matrix_view<const T>(x.cview().data, 0, 5)),
+                    Contains("tensor_moments") && Contains("empty"));
+}
