@@ -186,7 +186,7 @@ class histogram {
       return true;
     }
     if (pass_ == 1) {
-      if (!fixed_) {
+      if (!fixed_ && !merged_counts_) {
         for (std::size_t c = 0; c < finite_.size(); ++c) {
           if (total(static_cast<index_t>(c)) != finite_[c]) {
             throw std::logic_error("qsafe::histogram::next_pass: channel " + std::to_string(c) + name_note() +
@@ -202,7 +202,10 @@ class histogram {
   }
 
   /// The histogram of the union of both histograms' data: in pass 1 the ranges and counts of values seen; after,
-  /// the counts (both grids must be identical: the same ranges, bins and layout).
+  /// the counts (both grids must be identical: the same ranges, bins and layout). Recipe for workers that each
+  /// see part of the data: pass 1 on each, merge them all into one, copy that one back to every worker (each
+  /// then has the grid of all the data), `next_pass()`, pass 2 on each worker's own batches, merge the counts.
+  /// After a counts merge, `next_pass()` no longer checks pass 2's totals against pass 1's.
   void merge(const histogram& other) {
     if (other.layout_.axis != layout_.axis || other.layout_.channels != layout_.channels ||
         other.options_.bins != options_.bins || other.options_.grid != options_.grid) {
@@ -227,8 +230,7 @@ class histogram {
         }
       }
       for (std::size_t i = 0; i < counts_.size(); ++i) counts_[i] += other.counts_[i];
-      if (!fixed_)
-        for (std::size_t c = 0; c < finite_.size(); ++c) finite_[c] += other.finite_[c];
+      merged_counts_ = true;  // the pass-1 totals no longer say what pass 2 should count
     }
     nan_ += other.nan_;
     inf_ += other.inf_;
@@ -466,6 +468,7 @@ class histogram {
   histogram_options options_;
   int pass_ = 0;
   bool fixed_ = false;
+  bool merged_counts_ = false;
   std::vector<detail::finite_range<T>> first_;
   std::vector<std::int64_t> finite_;  // finite values per channel seen in pass 1
   std::vector<detail::grid_lanes<T>> grids_;

@@ -220,8 +220,13 @@ template <host_element T>
 class histogram_kl_estimator : public histogram_search_estimator<T> {
  public:
   histogram_kl_estimator(int bits, quant_mode mode, channel_layout layout = {},
-                         histogram_options options = {.bins = 4096})
+                         histogram_options options = default_options())
       : histogram_search_estimator<T>(search_criterion::kl, bits, mode, layout, std::move(options)) {}
+  static histogram_options default_options() {
+    histogram_options o;
+    o.bins = 4096;
+    return o;
+  }
 };
 
 /// The exact `(100 − p)`-th and `p`-th percentiles of all values of each channel, over all batches (REFERENCE §2's

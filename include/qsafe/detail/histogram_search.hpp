@@ -133,8 +133,8 @@ inline double weighted_error(const binned_density& d, const quant_params& p, dou
 
 // MSE / SQNR search (gamma = 1 / AIMET's gamma = 3) over candidate ranges on the grid's edges. Symmetric: every
 // threshold a = k·max|x|/bins, k = 1..bins. Asymmetric: (lo, hi) = (edge i, edge j): every pair of a coarse grid
-// of about `coarse` edges per side (global), then each end re-scanned over every edge within one coarse step
-// (alternating, until neither moves). Ties go to the widest range. `data` is the channel's finite min-max range.
+// of about `coarse` edges per side (global: no greedy walk), then every pair of edges within one coarse step of
+// the coarse optimum. Ties go to the widest range. `data` is the channel's finite min-max range.
 template <class T>
 value_range search_range(const binned_density& d, value_range data, int bits, quant_mode mode, double gamma,
                          std::size_t coarse = 64) {
@@ -173,21 +173,16 @@ value_range search_range(const binned_density& d, value_range data, int bits, qu
       if (c < best_cost) best_cost = c, bi = i, bj = j;
     }
   }
-  for (int round = 0; round < 8; ++round) {
-    const std::size_t oi = bi, oj = bj;
-    if (lo_free) {
-      for (std::size_t i = bi > step ? bi - step : 0; i <= std::min(bi + step, bj - 1); ++i) {
-        const double c = cost(range_of(i, bj));
-        if (c < best_cost || (c == best_cost && i < bi)) best_cost = c, bi = i;
-      }
+  // Every pair within one coarse step of the coarse optimum (the widest first, so ties keep the widest).
+  const std::size_t ci = bi, cj = bj;
+  const std::size_t i_end = lo_free ? std::min(ci + step, bins) : 0,
+                    j_begin = hi_free ? (cj > step ? cj - step : 0) : bins;
+  for (std::size_t i = lo_free && ci > step ? ci - step : 0; i <= i_end; ++i) {
+    for (std::size_t j = hi_free ? std::min(cj + step, bins) : bins; j >= j_begin && j > i; --j) {
+      const double c = cost(range_of(i, j));
+      if (c < best_cost) best_cost = c, bi = i, bj = j;
+      if (j == 0) break;
     }
-    if (hi_free) {
-      for (std::size_t j = std::min(bj + step, bins); j > bi && j + step >= bj; --j) {
-        const double c = cost(range_of(bi, j));
-        if (c < best_cost || (c == best_cost && j > bj)) best_cost = c, bj = j;
-      }
-    }
-    if (bi == oi && bj == oj) break;
   }
   return range_of(bi, bj);
 }
