@@ -7,7 +7,7 @@
 /// \code
 ///   qsafe::histogram<float> h;                        // per tensor, 2048 bins
 ///   qsafe::calibrate(qsafe::simd, h, batches);        // pass 1: min-max (fixes the grid), pass 2: counts
-///   std::span<const std::int64_t> c = h.counts(0);
+///   std::vector<std::int64_t> c = h.counts(0);
 ///
 ///   // Across processes: agree on the ranges first (min-max merges exactly), then count on the same grid.
 ///   qsafe::histogram<float> part(ranges);             // a fixed grid: one pass
@@ -237,14 +237,16 @@ class histogram {
   }
 
   /// The counts of channel c's bins (after the grids are fixed).
-  std::span<const std::int64_t> counts(index_t c) const {
+  std::vector<std::int64_t> counts(index_t c) const {
     require_grid("counts");
-    return {counts_.data() + c * stride(), static_cast<std::size_t>(options_.bins)};
+    std::vector<std::int64_t> out(static_cast<std::size_t>(options_.bins));
+    for (index_t b = 0; b < options_.bins; ++b) out[static_cast<std::size_t>(b)] = counts_[slot(c, b)];
+    return out;
   }
   /// The values counted in channel c.
   std::int64_t total(index_t c) const {
     std::int64_t sum = 0;
-    for (const std::int64_t v : counts(c)) sum += v;
+    for (index_t b = 0; b < options_.bins; ++b) sum += counts_[slot(c, b)];
     return sum;
   }
   /// Channel c's grid `[lo, hi]`; bin b covers `[lo + b·w, lo + (b + 1)·w)` with `w = (hi − lo)/bins`, up to the
@@ -276,6 +278,10 @@ class histogram {
 
  private:
   index_t stride() const { return options_.bins + 1; }  // the extra slot collects values off the grid
+  // Where count (c, b) lives: channel-major tables, except along columns: bin-major (see histogram_columns).
+  std::size_t slot(index_t c, index_t b) const {
+    return static_cast<std::size_t>(layout_.axis == channel_axis::column ? b * layout_.channels + c : c * stride() + b);
+  }
   std::string name_note() const { return options_.name.empty() ? "" : " of tensor '" + options_.name + "'"; }
   void require_grid(const char* what) const {
     if (grids_.empty()) {
@@ -367,10 +373,13 @@ class histogram {
   std::int64_t count_rows(const Policy& policy, const matrix_view<const T>& x, index_t begin, index_t end,
                           Count* tables, index_t table_count) const {
     std::int64_t outside = 0;
-    for (index_t r = begin; r < end; ++r) {
-      if (layout_.axis == channel_axis::column) {
+    if (layout_.axis == channel_axis::column) {
+      for (index_t r = begin; r < end; ++r)
         outside += detail::histogram_columns(policy, grids_.data(), x.row(r), x.cols, tables);
-      } else {
+      return outside;
+    }
+    for (index_t r = begin; r < end; ++r) {
+      {
         const auto c = r % layout_.channels;
         outside += detail::histogram_row(policy, grids_[static_cast<std::size_t>(c)], x.row(r), x.cols,
                                          tables + c * table_count * stride(), table_count);

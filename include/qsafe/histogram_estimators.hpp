@@ -101,7 +101,7 @@ value_range kl_range(const histogram<T>& h, index_t c, int bits, quant_mode mode
   const value_range data = h.data_range(c);
   const value_range g = h.grid(c);
   if (g.hi == 0.0) return data;
-  const double t = detail::kl_threshold(h.counts(c), g.hi, data.lo >= 0.0, bits);
+  const double t = detail::kl_threshold(std::span<const std::int64_t>(h.counts(c)), g.hi, data.lo >= 0.0, bits);
   if (mode == quant_mode::symmetric) return {data.lo >= 0.0 ? 0.0 : -t, t};
   return {std::max(data.lo, -t), std::min(data.hi, t)};
 }
@@ -297,7 +297,7 @@ class histogram_percentile_estimator : public detail::estimator_results<T, histo
     const double qs[2] = {100.0 - percentile_, percentile_};
     for (index_t c = 0; c < histogram_.layout().channels; ++c) {
       channel_plan plan;
-      const std::span<const std::int64_t> counts = histogram_.counts(c);
+      const std::vector<std::int64_t> counts = histogram_.counts(c);
       plan.n = histogram_.total(c);
       std::int64_t gathered = 0;
       for (const double q : qs) {
