@@ -12,6 +12,8 @@
 #include <vector>
 
 #include "qsafe/estimators.hpp"
+#include "qsafe/lsq.hpp"
+#include "qsafe/metrics.hpp"
 #include "qsafe/quant.hpp"
 #include "qsafe/stats.hpp"
 
@@ -134,6 +136,59 @@ void percentile_pair_concentrated(benchmark::State& state, Policy policy) {
   set_counters(state, n, 1);
 }
 
+// Issue 9's fake-quant options: rounding half away from zero or stochastic (counter-based hash per element), the
+// float-range STE mask; the learnable (LSQ) backward with its scale / zero-point sums; the fused error metrics.
+template <class Policy>
+void fake_quantize_rounding(benchmark::State& state, Policy policy, qsafe::rounding_mode rounding) {
+  const index_t n = state.range(0);
+  auto& t = shared(n);
+  const auto x = input(n);
+  const qsafe::fake_quant_options options{.rounding = rounding, .seed = 1};
+  for (auto _ : state) {
+    qsafe::fake_quantize(policy, x, params, qsafe::matrix_view<float>(t.y.data(), n / cols, cols), options);
+    benchmark::ClobberMemory();
+  }
+  set_counters(state, n, 2);
+}
+
+template <class Policy>
+void fake_quantize_backward_float_range(benchmark::State& state, Policy policy) {
+  const index_t n = state.range(0);
+  auto& t = shared(n);
+  const auto x = input(n);
+  const qsafe::fake_quant_options options{.mask = qsafe::ste_mask::float_range};
+  for (auto _ : state) {
+    qsafe::fake_quantize_backward(policy, x, params, qsafe::matrix_view<const float>(t.dy.data(), n / cols, cols),
+                                  qsafe::matrix_view<float>(t.y.data(), n / cols, cols), options);
+    benchmark::ClobberMemory();
+  }
+  set_counters(state, n, 3);
+}
+
+template <class Policy>
+void lsq_backward(benchmark::State& state, Policy policy) {
+  const index_t n = state.range(0);
+  auto& t = shared(n);
+  const auto x = input(n);
+  const qsafe::learnable_qparams p{params.scale, static_cast<double>(params.zero_point), 0, 255};
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(qsafe::lsq_fake_quantize_backward(
+        policy, x, p, qsafe::matrix_view<const float>(t.dy.data(), n / cols, cols),
+        qsafe::matrix_view<float>(t.y.data(), n / cols, cols), {.gradient_scale = true}));
+    benchmark::ClobberMemory();
+  }
+  set_counters(state, n, 3);
+}
+
+// SQNR / relative error / cosine of x against fake_quantize(x), fused (reads x once, writes nothing).
+template <class Policy>
+void quant_error_fused(benchmark::State& state, Policy policy) {
+  const index_t n = state.range(0);
+  const auto x = input(n);
+  for (auto _ : state) benchmark::DoNotOptimize(qsafe::tensor_quant_error(policy, x, params));
+  set_counters(state, n, 1);
+}
+
 constexpr int64_t small = int64_t{1} << 24, large = int64_t{1} << 28;
 
 }  // namespace
@@ -164,5 +219,26 @@ BENCHMARK_CAPTURE(percentile_pair_concentrated, simd, qsafe::simd)
     ->Arg(small)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
+
+BENCHMARK_CAPTURE(fake_quantize_rounding, simd_half_away, qsafe::simd, qsafe::rounding_mode::half_away_from_zero)
+    ->Arg(small)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(fake_quantize_rounding, simd_stochastic, qsafe::simd, qsafe::rounding_mode::stochastic)
+    ->Arg(small)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(fake_quantize_rounding, cpu_stochastic, qsafe::cpu, qsafe::rounding_mode::stochastic)
+    ->Arg(small)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(fake_quantize_backward_float_range, simd, qsafe::simd)
+    ->Arg(small)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(lsq_backward, simd, qsafe::simd)->Arg(small)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(lsq_backward, cpu, qsafe::cpu)->Arg(small)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(quant_error_fused, simd, qsafe::simd)->Arg(small)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(quant_error_fused, cpu, qsafe::cpu)->Arg(small)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 BENCHMARK_MAIN();

@@ -73,12 +73,14 @@ inline stochastic_key make_stochastic_key(std::uint64_t seed, std::uint32_t hi) 
 inline std::uint32_t counter_hash(stochastic_key key, std::uint32_t lo) {
   return fmix32(fmix32(lo ^ key.a) + key.b);
 }
+// Through signed conversions (exact, and vectorizable on ISAs without an unsigned one).
 template <class T>
 T unit_uniform(std::uint32_t h) {
   if constexpr (sizeof(T) == sizeof(float)) {
-    return static_cast<T>(h >> 8) * static_cast<T>(0x1p-24);
+    return static_cast<T>(static_cast<std::int32_t>(h >> 8)) * static_cast<T>(0x1p-24);
   } else {
-    return static_cast<T>(h) * static_cast<T>(0x1p-32);
+    return (static_cast<T>(static_cast<std::int32_t>(h ^ 0x80000000u)) + static_cast<T>(0x1p31)) *
+           static_cast<T>(0x1p-32);
   }
 }
 // u in [0, 1) for element `index` of the stream `seed`.

@@ -33,11 +33,12 @@ template <class Params, class Rounding, class Mask, class T, class Body>
                                                         const Mask& mask, index_t n, const T* x, const T* dy, T* dx,
                                                         Body&& body) {
   const auto lanes = lanes_for(params);
+  row_rounding<Rounding> round(rounding);
   for_each_batch<T>(n, [&](index_t j, index_t m, auto tail) {
     constexpr bool is_tail = decltype(tail)::value;
     const auto& p = lanes.template get<is_tail>(j, m);
     const batch<T> xv = load<is_tail>(x + j, m, T(0)), g = load<is_tail>(dy + j, m, T(0));
-    const batch<T> v = xv * p.inv_scale, r = round_to_integer(rounding, v, j);
+    const batch<T> v = xv * p.inv_scale, r = round(v, j);
     const lsq_sides<T> side = lsq_side(mask, p, p.zero_point + r, xv);
     const batch<T> zero(T(0));
     store<is_tail>(dx + j, m, xsimd::select(side.inside, g, zero));

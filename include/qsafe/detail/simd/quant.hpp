@@ -78,16 +78,27 @@ template <class T>
 batch<T> round_to_integer(round_half_away_tag, const batch<T>& v, index_t) {
   return xsimd::round(v);
 }
-// The batch's uniforms: integer hashing written as a plain loop over the lanes (the compiler vectorizes it); a
-// batch whose indices cross a multiple of 2^32 takes the per-element path.
+// The batch's uniforms: integer hashing written as a plain loop over the lanes (the compiler vectorizes it). The
+// key of the index's high word is computed once per row (the cache below) and again only where a row crosses a
+// multiple of 2^32; a batch that straddles one takes the per-element path.
+struct stochastic_key_cache {
+  std::uint32_t hi = 0;
+  stochastic_key key{};
+  bool valid = false;
+  const stochastic_key& get(std::uint64_t seed, std::uint32_t h) {
+    if (!valid || h != hi) key = make_stochastic_key(seed, h), hi = h, valid = true;
+    return key;
+  }
+};
+
 template <class T>
-batch<T> stochastic_uniforms(const round_stochastic_tag& r, index_t j) {
+batch<T> stochastic_uniforms(const round_stochastic_tag& r, stochastic_key_cache& cache, index_t j) {
   constexpr std::size_t width = batch<T>::size;
   alignas(64) T u[width];
   const std::uint64_t start = r.first + static_cast<std::uint64_t>(j);
   const auto lo = static_cast<std::uint32_t>(start);
   if (lo <= 0xFFFFFFFFu - (width - 1)) {
-    const stochastic_key key = make_stochastic_key(r.seed, static_cast<std::uint32_t>(start >> 32));
+    const stochastic_key key = cache.get(r.seed, static_cast<std::uint32_t>(start >> 32));
     for (std::size_t i = 0; i < width; ++i)
       u[i] = unit_uniform<T>(counter_hash(key, lo + static_cast<std::uint32_t>(i)));
   } else {
@@ -95,15 +106,32 @@ batch<T> stochastic_uniforms(const round_stochastic_tag& r, index_t j) {
   }
   return batch<T>::load_aligned(u);
 }
-template <class T>
-batch<T> round_to_integer(const round_stochastic_tag& r, const batch<T>& v, index_t j) {
-  const batch<T> f = xsimd::floor(v);
-  return f + xsimd::select(stochastic_uniforms<T>(r, j) < v - f, batch<T>(T(1)), batch<T>(T(0)));
-}
+
+// The rounding a row kernel holds: the tag, plus the key cache for stochastic rounding.
+template <class Rounding>
+struct row_rounding {
+  const Rounding& tag;
+  explicit row_rounding(const Rounding& t) : tag(t) {}
+  template <class T>
+  batch<T> operator()(const batch<T>& v, index_t j) {
+    return round_to_integer(tag, v, j);
+  }
+};
+template <>
+struct row_rounding<round_stochastic_tag> {
+  const round_stochastic_tag& tag;
+  stochastic_key_cache cache;
+  explicit row_rounding(const round_stochastic_tag& t) : tag(t) {}
+  template <class T>
+  batch<T> operator()(const batch<T>& v, index_t j) {
+    const batch<T> f = xsimd::floor(v);
+    return f + xsimd::select(stochastic_uniforms<T>(tag, cache, j) < v - f, batch<T>(T(1)), batch<T>(T(0)));
+  }
+};
 
 template <class T, class Rounding>
-batch<T> unclamped_code(const lane_batches<T>& p, const Rounding& rounding, const batch<T>& x, index_t j) {
-  return p.zero_point + round_to_integer(rounding, x * p.inv_scale, j);
+batch<T> unclamped_code(const lane_batches<T>& p, row_rounding<Rounding>& rounding, const batch<T>& x, index_t j) {
+  return p.zero_point + rounding(x * p.inv_scale, j);
 }
 
 template <class T>
@@ -219,8 +247,9 @@ void fake_quantize_backward_row(const Params& params, index_t n, const T* x, con
 }
 
 template <class Params, class Rounding, class T>
-void fake_quantize_row(const Params& params, const Rounding& rounding, index_t n, const T* x, T* y, bool streaming) {
+void fake_quantize_row(const Params& params, const Rounding& tag, index_t n, const T* x, T* y, bool streaming) {
   const auto lanes = lanes_for(params);
+  row_rounding<Rounding> rounding(tag);
   for_each_output_batch<T>(n, y, streaming, [&](index_t j, index_t m, auto tail) {
     constexpr bool is_tail = decltype(tail)::value;
     const auto& p = lanes.template get<is_tail>(j, m);
@@ -230,9 +259,10 @@ void fake_quantize_row(const Params& params, const Rounding& rounding, index_t n
 }
 
 template <class Params, class Rounding, class Mask, class T>
-void fake_quantize_backward_row(const Params& params, const Rounding& rounding, const Mask& mask, index_t n, const T* x,
+void fake_quantize_backward_row(const Params& params, const Rounding& tag, const Mask& mask, index_t n, const T* x,
                                 const T* dy, T* dx, bool streaming) {
   const auto lanes = lanes_for(params);
+  row_rounding<Rounding> rounding(tag);
   for_each_output_batch<T>(n, dx, streaming, [&](index_t j, index_t m, auto tail) {
     constexpr bool is_tail = decltype(tail)::value;
     const auto& p = lanes.template get<is_tail>(j, m);
@@ -245,8 +275,9 @@ void fake_quantize_backward_row(const Params& params, const Rounding& rounding, 
 }
 
 template <class Params, class Rounding, class T, class Code>
-void quantize_row(const Params& params, const Rounding& rounding, index_t n, const T* x, Code* q) {
+void quantize_row(const Params& params, const Rounding& tag, index_t n, const T* x, Code* q) {
   const auto lanes = lanes_for(params);
+  row_rounding<Rounding> rounding(tag);
   alignas(64) T codes[batch<T>::size];
   for_each_batch<T>(n, [&](index_t j, index_t m, auto tail) {
     constexpr bool is_tail = decltype(tail)::value;
