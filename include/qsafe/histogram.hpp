@@ -278,10 +278,7 @@ class histogram {
 
  private:
   index_t stride() const { return options_.bins + 1; }  // the extra slot collects values off the grid
-  // Where count (c, b) lives: channel-major tables, except along columns: bin-major (see histogram_columns).
-  std::size_t slot(index_t c, index_t b) const {
-    return static_cast<std::size_t>(layout_.axis == channel_axis::column ? b * layout_.channels + c : c * stride() + b);
-  }
+  std::size_t slot(index_t c, index_t b) const { return static_cast<std::size_t>(c * stride() + b); }
   std::string name_note() const { return options_.name.empty() ? "" : " of tensor '" + options_.name + "'"; }
   void require_grid(const char* what) const {
     if (grids_.empty()) {
@@ -374,8 +371,11 @@ class histogram {
                           Count* tables, index_t table_count) const {
     std::int64_t outside = 0;
     if (layout_.axis == channel_axis::column) {
-      for (index_t r = begin; r < end; ++r)
+      // Every row touches every channel's table (768 channels x 2049 x 8 bytes = 12.6 MB): bound by cache and TLB
+      // misses. Blocks of 16 columns (tables in L2) and bin-major tables both measured slower on the dev machine.
+      for (index_t r = begin; r < end; ++r) {
         outside += detail::histogram_columns(policy, grids_.data(), x.row(r), x.cols, tables);
+      }
       return outside;
     }
     for (index_t r = begin; r < end; ++r) {

@@ -54,15 +54,14 @@ std::int64_t histogram_row(const grid_lanes<T>& g, const T* x, index_t n, Count*
   return outside;
 }
 
-// Column j is channel j; the counts are bin-major, counts[bin·n + j] (a row's values land close together: the
-// tables of 768 channels side by side would span 12.6 MB, thousands of pages, per row).
+// Column j is channel j: counts + j·(bins + 1) is its table.
 template <class T, class Count>
 std::int64_t histogram_columns(const grid_lanes<T>* g, const T* x, index_t n, Count* counts) {
   std::int64_t outside = 0;
   for (index_t j = 0; j < n; ++j) {
     const std::int32_t b = bin_of(g[j], x[j]);
     outside += b == g[j].bins ? 1 : 0;
-    ++counts[b * n + j];
+    ++counts[j * (g[j].bins + 1) + b];
   }
   return outside;
 }

@@ -72,17 +72,11 @@ std::int64_t histogram_row(const grid_lanes<T>& g, const T* x, index_t n, Count*
   return static_cast<std::int64_t>(outside_slots() - outside_before);
 }
 
-// Column j is channel j (bin-major counts, see the scalar kernel); consecutive values go to different counters, so
-// no round-robin tables are needed.
+// Column j is channel j (counts + j·(bins + 1) is its table); consecutive values go to different tables, so no
+// round-robin is needed.
 template <class T, class Count>
 std::int64_t histogram_columns(const grid_lanes<T>* g, const T* x, index_t n, Count* counts) {
-  std::int64_t outside = 0;
-  for (index_t j = 0; j < n; ++j) {
-    const std::int32_t b = scalar::bin_of(g[j], x[j]);
-    outside += b == g[j].bins ? 1 : 0;
-    ++counts[b * n + j];
-  }
-  return outside;
+  return scalar::histogram_columns(g, x, n, counts);
 }
 
 // Finite min and max with NaN and ±inf counts: ±inf and NaN lanes fail |v| <= max; the last partial batch goes
