@@ -1,7 +1,8 @@
 // GPU benchmark of the statistics and range-estimation ops: effective read bandwidth of the one-pass ops (the
 // tensor read once) next to a device copy of the same bytes (read + write counted), and the time of the
 // percentile selection and the MSE search. Each call returns its result on the host, so what is timed (CUDA
-// events around the call) includes the final copy and synchronization. Median of --repeats.
+// events around the call) includes the final copy and synchronization. Calls use a cuda_workspace (the scratch
+// memory kept between calls); the fixed cost without one is printed too. Median of --repeats.
 //
 //   bench_cuda_stats [--elements N] [--repeats R]
 
@@ -77,7 +78,8 @@ void bench_type(const char* dtype, std::size_t n, int repeats) {
   const qsafe::matrix_view<const T> flat(x, 1, size);
   const qsafe::index_t cols = 4096;
   const qsafe::matrix_view<const T> matrix(x, size / cols, cols);
-  const qsafe::cuda_t gpu{};
+  qsafe::cuda_workspace workspace;
+  const qsafe::cuda_t gpu{nullptr, &workspace}, no_workspace{};
   const double copy = median_ms(
       repeats, [&] { check(cudaMemcpyAsync(y, x, n * sizeof(T), cudaMemcpyDeviceToDevice), "cudaMemcpyAsync"); });
   const double copy_tbps = 2 * bytes / copy * 1e-9;
@@ -90,6 +92,14 @@ void bench_type(const char* dtype, std::size_t n, int repeats) {
   auto timed = [&](const char* name, int reps, auto&& run) {
     std::printf("%-9s %-40s %8.3f ms\n", dtype, name, median_ms(reps, run));
   };
+  // The fixed cost of a call (launches, workspace, the copy of the result, the synchronization): 4096 elements.
+  const qsafe::matrix_view<const T> small(x, 1, 4096);
+  const std::vector<double> one = {99.0};
+  timed("tensor_moments, 4096 el., no workspace", repeats, [&] { (void)qsafe::tensor_moments(no_workspace, small); });
+  timed("tensor_moments, 4096 elements", repeats, [&] { (void)qsafe::tensor_moments(gpu, small); });
+  timed("channel_ranges, 4096 elements", repeats, [&] { (void)qsafe::channel_ranges(gpu, small); });
+  timed("percentile, 4096 elements", repeats,
+        [&] { (void)qsafe::percentiles(gpu, small, std::span<const double>(one)); });
   qsafe::moments m;
   one_pass("tensor_moments", [&] { m = qsafe::tensor_moments(gpu, flat); });
   std::printf("%-9s   (mean %.6f, kurtosis %.6f)\n", dtype, m.mean, m.kurtosis());

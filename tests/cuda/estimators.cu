@@ -52,6 +52,7 @@ TEMPLATE_TEST_CASE("CUDA channel ranges equal the host min-max estimator per ten
                    "[cuda][estimators][ranges]", QSAFE_CUDA_ELEMENTS) {
   using T = TestType;
   QSAFE_TEST_RNG(random);
+  cuda_workspace workspace;
   int checked = 0;
   for (const data_kind kind : all_data_kinds) {
     for (const index_t cols : {1L, 5L, 64L, 1001L, 4099L, random.integer(2, 30000)}) {
@@ -66,7 +67,7 @@ TEMPLATE_TEST_CASE("CUDA channel ranges equal the host min-max estimator per ten
                         << ", channels " << layout.channels);
         test_matrix<T> x(s);
         fill(random, x, kind);
-        const std::vector<value_range> got = channel_ranges(cuda_t{}, x.cview(), layout);
+        const std::vector<value_range> got = channel_ranges(some_policy(random, workspace), x.cview(), layout);
         min_max_estimator<float> want(layout);
         want.observe(cpu, std::as_const(x).host_view());
         REQUIRE(got.size() == want.ranges().size());
@@ -86,6 +87,7 @@ TEMPLATE_TEST_CASE("CUDA running min-max equals the host running estimator over 
                    "[cuda][estimators][running]", QSAFE_CUDA_ELEMENTS) {
   using T = TestType;
   QSAFE_TEST_RNG(random);
+  cuda_workspace workspace;
   const double momentum = random.coin() ? 0.9 : random.uniform(0.0, 0.99);
   const index_t cols = random.integer(1, 3000), channels = random.integer(1, 4);
   for (const channel_layout layout :
@@ -97,7 +99,7 @@ TEMPLATE_TEST_CASE("CUDA running min-max equals the host running estimator over 
           shape_with_rows_multiple_of<T>(random, cols, layout.axis == channel_axis::row ? layout.channels : 1);
       test_matrix<T> x(s);
       fill(random, x, batch % 2 ? data_kind::heavy_tailed : data_kind::normal);
-      observe_running_min_max(cuda_t{}, x.cview(), momentum, layout, state);
+      observe_running_min_max(some_policy(random, workspace), x.cview(), momentum, layout, state);
       want.observe(cpu, std::as_const(x).host_view());
     }
     INFO("momentum " << momentum << ", channels " << layout.channels);
@@ -118,6 +120,7 @@ TEMPLATE_TEST_CASE("CUDA percentiles equal the host definition exactly at any si
                    "[cuda][estimators][percentile]", QSAFE_CUDA_ELEMENTS) {
   using T = TestType;
   QSAFE_TEST_RNG(random);
+  cuda_workspace workspace;
   const std::vector<double> fixed = {0.0, 0.001, 1.0, 50.0, 99.0, 99.999, 100.0};
   int checked = 0;
   for (const data_kind kind : all_data_kinds) {
@@ -131,7 +134,8 @@ TEMPLATE_TEST_CASE("CUDA percentiles equal the host definition exactly at any si
       p.push_back(random.uniform(0.0, 100.0));
       INFO(name(kind) << (how == values::ties ? " (ties)" : "") << ", rows " << s.rows << ", cols " << cols
                       << ", stride " << s.stride << ", misalign " << s.misalign << ", p " << p.back());
-      const std::vector<double> got = percentiles(cuda_t{}, x.cview(), std::span<const double>(p));
+      const std::vector<double> got =
+          percentiles(some_policy(random, workspace), x.cview(), std::span<const double>(p));
       const std::vector<double> want = percentiles(cpu, std::as_const(x).host_view(), std::span<const double>(p));
       REQUIRE(got.size() == want.size());
       for (std::size_t i = 0; i < p.size(); ++i) {
@@ -149,13 +153,14 @@ TEMPLATE_TEST_CASE("CUDA percentiles of millions of values equal the host's", "[
                    QSAFE_CUDA_ELEMENTS) {
   using T = TestType;
   QSAFE_TEST_RNG(random);
+  cuda_workspace workspace;
   for (const gpu_shape s : {gpu_shape{1, 4000037, 4000037, 0}, gpu_shape{517, 4111, 4113, 1}}) {
     const data_kind kind = random.coin() ? data_kind::heavy_tailed : data_kind::normal;
     INFO(name(kind) << ", rows " << s.rows << ", cols " << s.cols);
     test_matrix<T> x(s);
     fill(random, x, kind);
     const std::vector<double> p = {0.001, 0.01, 50.0, 99.99, 99.999, random.uniform(0.0, 100.0)};
-    const std::vector<double> got = percentiles(cuda_t{}, x.cview(), std::span<const double>(p));
+    const std::vector<double> got = percentiles(some_policy(random, workspace), x.cview(), std::span<const double>(p));
     const std::vector<double> want = percentiles(simd, std::as_const(x).host_view(), std::span<const double>(p));
     for (std::size_t i = 0; i < p.size(); ++i) {
       INFO("p " << p[i]);
@@ -168,6 +173,7 @@ TEMPLATE_TEST_CASE("CUDA MSE search gives the host estimator's losses and choice
                    QSAFE_CUDA_ELEMENTS) {
   using T = TestType;
   QSAFE_TEST_RNG(random);
+  cuda_workspace workspace;
   int decided = 0;
   for (const data_kind kind : {data_kind::normal, data_kind::heavy_tailed, data_kind::offset, data_kind::constant}) {
     for (const index_t cols : {3L, 1000L, 4099L, random.integer(2, 50000)}) {
@@ -180,7 +186,7 @@ TEMPLATE_TEST_CASE("CUDA MSE search gives the host estimator's losses and choice
                       << (mode == quant_mode::asymmetric ? "asymmetric" : "symmetric"));
       test_matrix<T> x(s);
       fill(random, x, kind);
-      const mse_search_result got = mse_search(cuda_t{}, x.cview(), bits, mode, candidates);
+      const mse_search_result got = mse_search(some_policy(random, workspace), x.cview(), bits, mode, candidates);
       mse_estimator<float> want(bits, mode, {}, candidates);
       calibrate(cpu, want, std::as_const(x).host_view());
       REQUIRE(static_cast<int>(got.losses.size()) == candidates);
@@ -212,6 +218,7 @@ TEMPLATE_TEST_CASE("CUDA estimators reject NaN and infinities with their count, 
                    "[cuda][estimators][errors]", QSAFE_CUDA_ELEMENTS) {
   using T = TestType;
   QSAFE_TEST_RNG(random);
+  cuda_workspace workspace;
   test_matrix<T> x(gpu_shape{6, 300, 301, 1});
   fill(random, x, data_kind::normal);
   x(2, 7) = std::numeric_limits<float>::quiet_NaN();

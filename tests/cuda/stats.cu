@@ -32,19 +32,22 @@ void fill_kind(rng& random, test_matrix<T>& x, data_kind kind) {
   x.upload();
 }
 
-// Both sides accumulate in double (the GPU over tiles of 32 about their midrange, the CPU over chunks of 4096 about
-// their mean): each is within a few hundred eps_double of exact; 1e-9 leaves room for the cancellation the host
-// tests allow for. mean relative to |mean|·1e-3 + sd, m3 relative to m2^1.5/sqrt(n) (both can be 0).
+// The GPU sums the powers of each tile's deviations from its midrange in fp32 (at most 32 terms: <= 32·2^-24 =
+// 1.9e-6 relative per sum, and each term rounded a few times), then works in double; turning a tile's sums about
+// its midrange into central sums can amplify that up to ~8x in a skewed tile (31 equal values and one apart). So
+// 2e-5 relative, as the host tests allow their simd backend 1e-5; the CPU reference (double) is ~1e-13. The mean
+// relative to the spread (its error is that of sum(d)/n, d the deviations); m3 relative to sqrt(m2·m4), which
+// bounds sum |d|^3 (Cauchy-Schwarz), since m3 can be 0.
 void check_close(const moments& m, const moments& want) {
-  constexpr double tol = 1e-9;
+  constexpr double tol = 2e-5;
   const double n = static_cast<double>(want.count), sd = std::sqrt(want.m2 / n);
   CHECK(m.count == want.count);
   CHECK(m.min == want.min);
   CHECK(m.max == want.max);
   CHECK(m.inf_norm() == want.inf_norm());
-  CHECK(std::fabs(m.mean - want.mean) <= tol * (std::fabs(want.mean) * 1e-3 + sd) + 4e-16 * std::fabs(want.mean));
+  CHECK(std::fabs(m.mean - want.mean) <= tol * (sd + (want.max - want.min)) + 4e-16 * std::fabs(want.mean));
   CHECK(std::fabs(m.m2 - want.m2) <= tol * want.m2);
-  CHECK(std::fabs(m.m3 - want.m3) <= tol * (std::fabs(want.m3) + std::pow(want.m2, 1.5) / std::sqrt(n)));
+  CHECK(std::fabs(m.m3 - want.m3) <= tol * std::sqrt(want.m2 * want.m4));
   CHECK(std::fabs(m.m4 - want.m4) <= tol * want.m4);
   if (want.m2 > 0) {
     CHECK(std::fabs(m.kurtosis() - want.kurtosis()) <= 4 * tol * want.kurtosis());
@@ -59,6 +62,7 @@ TEMPLATE_TEST_CASE("CUDA tensor moments match the CPU reference on every distrib
                    "[cuda][stats][moments]", QSAFE_CUDA_ELEMENTS) {
   using T = TestType;
   QSAFE_TEST_RNG(random);
+  cuda_workspace workspace;
   int checked = 0;
   for (const data_kind kind : all_data_kinds) {
     for (const index_t cols : {1L, 3L, 17L, 1000L, 4099L, 9000L, random.integer(2, 70000)}) {
@@ -67,7 +71,7 @@ TEMPLATE_TEST_CASE("CUDA tensor moments match the CPU reference on every distrib
                       << s.misalign);
       test_matrix<T> x(s);
       fill_kind(random, x, kind);
-      const moments m = tensor_moments(cuda_t{}, x.cview());
+      const moments m = tensor_moments(some_policy(random, workspace), x.cview());
       check_close(m, tensor_moments(cpu, std::as_const(x).host_view()));
       ++checked;
     }
@@ -87,8 +91,28 @@ TEMPLATE_TEST_CASE("CUDA tensor moments of millions of values over many blocks m
     fill_kind(random, x, kind);
     const moments m = tensor_moments(cuda_t{}, x.cview());
     check_close(m, tensor_moments(cpu, std::as_const(x).host_view()));
-    const moments again = tensor_moments(cuda_t{}, x.cview());
+    // Again, through a workspace that an unrelated call sized first: the same bits.
+    cuda_workspace workspace;
+    (void)tensor_moments(cuda_t{nullptr, &workspace}, matrix_view<const T>(x.cview().data, 1, 5));
+    const moments again = tensor_moments(cuda_t{nullptr, &workspace}, x.cview());
     CHECK((again.mean == m.mean && again.m2 == m.m2 && again.m3 == m.m3 && again.m4 == m.m4));
+  }
+}
+
+TEST_CASE("CUDA tensor moments of values near the float limits are finite and match the CPU",
+          "[cuda][stats][moments][edge]") {
+  QSAFE_TEST_RNG(random);
+  // Spreads near FLT_MAX (squares overflow float: the scaling must hold them) and near the smallest normals.
+  for (const double scale : {3.0e38, 1.0e-37}) {
+    test_matrix<float> x(gpu_shape{3, 1000, 1000, 0});
+    for (index_t r = 0; r < 3; ++r)
+      for (index_t c = 0; c < 1000; ++c) x(r, c) = static_cast<float>(scale * random.uniform(-1.0, 1.0));
+    x(1, 7) = static_cast<float>(scale);
+    x.upload();
+    INFO("scale " << scale);
+    const moments m = tensor_moments(cuda_t{}, x.cview());
+    REQUIRE(std::isfinite(m.m4));
+    check_close(m, tensor_moments(cpu, std::as_const(x).host_view()));
   }
 }
 

@@ -225,4 +225,10 @@ inline bool mask_is_ambiguous(const reference_params& v, const float* p, index_t
   return false;
 }
 
+// The policy for a test call: half of the time with a reusable workspace (the cached-scratch path), else without
+// (scratch allocated per call on the stream).
+inline cuda_t some_policy(rng& random, cuda_workspace& workspace) {
+  return random.coin() ? cuda_t{nullptr, &workspace} : cuda_t{};
+}
+
 }  // namespace qsafe::test::gpu

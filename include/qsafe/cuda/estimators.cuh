@@ -5,7 +5,8 @@
 /// estimator computes from one batch. Include only from .cu files.
 ///
 /// \code
-///   qsafe::cuda_t gpu{stream};
+///   qsafe::cuda_workspace scratch;                 // reused from call to call
+///   qsafe::cuda_t gpu{stream, &scratch};
 ///   std::vector<qsafe::value_range> r = qsafe::channel_ranges(gpu, x, {qsafe::channel_axis::column, x.cols});
 ///   std::vector<double> tails = qsafe::percentiles(gpu, x, std::vector<double>{0.001, 99.999});
 ///   qsafe::mse_search_result best = qsafe::mse_search(gpu, x, 8, qsafe::quant_mode::symmetric);
@@ -21,10 +22,10 @@
 /// - `mse_search`: mse_estimator's search on one batch, per tensor: the min-max range, its candidates scaled by
 ///   k/candidates, all losses in one pass, the smallest loss (ties to the wider range).
 /// Element types float, __half, __nv_bfloat16 (values widened to float exactly; quantization parameters as for
-/// float, `make_qparams<float>`). Each call synchronizes `stream` (results are on the host) and takes a small
-/// workspace with cudaMallocAsync on it. Errors: as the host estimators (empty batch, layout, NaN / ±inf with
-/// their count, p outside [0, 100]) with `std::invalid_argument` naming the argument; CUDA errors throw
-/// `qsafe::cuda_error`. Per-channel percentile and MSE: not yet on CUDA.
+/// float, `make_qparams<float>`). Each call synchronizes `stream` (results are on the host); scratch memory comes
+/// from the policy's `cuda_workspace` if it has one, else from cudaMallocAsync on `stream` (see cuda_t). Errors: as the
+/// host estimators (empty batch, layout, NaN / ±inf with their count, p outside [0, 100]) with `std::invalid_argument`
+/// naming the argument; CUDA errors throw `qsafe::cuda_error`. Per-channel percentile and MSE: not yet on CUDA.
 
 #include <algorithm>
 #include <cmath>
@@ -47,8 +48,11 @@ std::vector<value_range> channel_ranges(const cuda_t& policy, matrix_view<const 
   detail::check_batch("channel_ranges", layout, x);
   const bool columns = layout.axis == channel_axis::column;
   const detail::cuda::channel_extremes e =
-      detail::cuda::channel_ranges("channel_ranges", policy.stream, x, columns, layout.channels);
-  if (e.non_finite > 0) detail::fail_non_finite_count("channel_ranges", static_cast<index_t>(e.non_finite));
+      detail::cuda::channel_ranges("channel_ranges", policy, x, columns, layout.channels);
+  if (e.non_finite > 0) {
+    detail::fail_non_finite_count("channel_ranges",
+                                  static_cast<index_t>(detail::cuda::count_non_finite("channel_ranges", policy, x)));
+  }
   std::vector<value_range> out;
   for (std::size_t c = 0; c < e.lo.size(); ++c) out.push_back({e.lo[c], e.hi[c]});
   return out;
@@ -89,7 +93,7 @@ std::vector<double> percentiles(const cuda_t& policy, matrix_view<const T> x, st
   std::sort(sorted.begin(), sorted.end());
   sorted.erase(std::unique(sorted.begin(), sorted.end()), sorted.end());
   const detail::cuda::selected_values sel =
-      detail::cuda::select_ranks("percentiles", policy.stream, x, std::span<const index_t>(sorted));
+      detail::cuda::select_ranks("percentiles", policy, x, std::span<const index_t>(sorted));
   if (sel.non_finite > 0) detail::fail_non_finite_count("percentiles", static_cast<index_t>(sel.non_finite));
   auto value_at = [&](index_t k) {
     return static_cast<double>(
@@ -123,7 +127,7 @@ std::vector<double> quantization_losses(const cuda_t& policy, matrix_view<const 
     lanes.push_back(detail::to_lanes<float>(candidates[k]));
   }
   if (lanes.empty()) return {};
-  return detail::cuda::squared_errors("quantization_losses", policy.stream, x,
+  return detail::cuda::squared_errors("quantization_losses", policy, x,
                                       std::span<const detail::lane_params<float>>(lanes));
 }
 

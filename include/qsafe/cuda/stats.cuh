@@ -17,7 +17,8 @@
 ///   the GPU). Relative error on mean/m2/m3/m4 against exact arithmetic: ~1e-13 for the sizes tested (the host
 ///   `cpu` backend's order), amplified only where a central sum nearly cancels.
 /// - One read of the tensor, then a one-block combine kernel and one copy of the result: the call synchronizes
-///   `stream`* (the result is on the host). A small workspace is taken with cudaMallocAsync on `stream`*.
+///   `stream`* (the result is on the host). Scratch memory: the policy's `cuda_workspace` if it has one (reused;
+///   fixed cost of a call ~20 us), else a small cudaMallocAsync on `stream`* (~85 us, measured on the H100).
 /// - Errors: as the host: an empty tensor, a bad shape or stride, or NaN / ±inf values (with their count,
 ///   counted on the device) throw `std::invalid_argument` naming `x`; CUDA errors throw `qsafe::cuda_error`.
 
@@ -34,8 +35,11 @@ namespace qsafe {
 template <cuda_element T>
 moments tensor_moments(const cuda_t& policy, matrix_view<const T> x) {
   detail::check_non_empty("tensor_moments", x);
-  const detail::cuda::partial_moments m = detail::cuda::tensor_moments("tensor_moments", policy.stream, x);
-  if (m.non_finite > 0) detail::fail_non_finite_count("tensor_moments", static_cast<index_t>(m.non_finite));
+  const detail::cuda::partial_moments m = detail::cuda::tensor_moments("tensor_moments", policy, x);
+  if (m.non_finite > 0) {
+    detail::fail_non_finite_count("tensor_moments",
+                                  static_cast<index_t>(detail::cuda::count_non_finite("tensor_moments", policy, x)));
+  }
   moments out;
   out.count = static_cast<std::int64_t>(m.n);
   out.mean = m.mean;

@@ -10,6 +10,9 @@
 namespace qsafe::detail::cuda {
 
 inline constexpr int reduce_block_threads = 256;
+// The reduction kernels are built for 4 resident blocks an SM (at most 64 registers a thread); the dispatcher's
+// grid is one wave of them (reduction_tuning::max_blocks).
+inline constexpr int reduce_blocks_per_sm = 4;
 
 // __shfl_down_sync of any trivially copyable struct whose size is a multiple of 4 bytes, word by word.
 template <class V>

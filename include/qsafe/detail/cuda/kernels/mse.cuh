@@ -15,7 +15,7 @@ namespace qsafe::detail::cuda {
 
 // Dynamic shared memory: `count` lane_params, then (blockDim.x / 32) × count doubles.
 template <int N, int K, class T>
-__global__ void __launch_bounds__(reduce_block_threads)
+__global__ void __launch_bounds__(reduce_block_threads, reduce_blocks_per_sm)
     squared_error_kernel(index_t rows, int cols, const T* x, index_t stride, const lane_params<float>* candidates,
                          int count, double* partials) {
   extern __shared__ double shared_space[];

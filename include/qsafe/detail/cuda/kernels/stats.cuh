@@ -1,15 +1,18 @@
 #pragma once
 // Statistics kernels (REFERENCE §3): one read of the tensor.
 //  - moments_kernel: each thread takes tiles of K packets (N elements each, 16-byte loads); a tile's power sums
-//    about its midrange are taken in double and turned into central moments, merged into the thread's running
-//    moments with the pairwise formulas of qsafe::moments::merge; a fixed-order block reduction writes one partial
-//    per block, and combine_moments_kernel merges the partials in a fixed order. Deterministic for a given shape.
+//    about its midrange are taken in fp32 (32 terms) and turned into central moments in double, merged into the
+//    thread's running moments with the pairwise formulas of qsafe::moments::merge; a fixed-order block reduction writes
+//    one partial per block, and combine_moments_kernel merges the partials in a fixed order. Deterministic for a given
+//    shape.
 //  - row_ranges_kernel / column_ranges_kernel: min and max per channel, folded into order-preserving uint32 keys
 //    with atomicMin / atomicMax (exact, so the order of the atomics does not matter).
-// Both count non-finite values (the public functions reject them, as the host ones do).
+// Both flag non-finite values; count_non_finite_kernel counts them for the error message (the public functions
+// reject them, as the host ones do).
 
 #include <cuda_runtime.h>
 
+#include <cfloat>
 #include <cstdint>
 
 #include "qsafe/detail/cuda/block_reduce.cuh"
@@ -24,7 +27,8 @@ __device__ __forceinline__ std::uint32_t order_key(float v) {
   return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
 }
 
-// Count, mean, central moment sums, min and max of a set of values, and how many were not finite.
+// Count, mean, central moment sums, min and max of a set of values, and how many of its tiles held a NaN or ±inf
+// (the exact count is taken by count_non_finite_kernel, on the error path only).
 struct partial_moments {
   double n, mean, m2, m3, m4;
   float lo, hi;
@@ -100,12 +104,15 @@ __device__ __forceinline__ bool valid(int base, int cols, int k, int i) {
   return base + (k * static_cast<int>(blockDim.x) + static_cast<int>(threadIdx.x)) * N + i < cols;
 }
 
-// One tile's moments: power sums of (v − midrange) in double (no scaling needed: the 4th power of a float
-// difference stays far inside double's range), then central sums as qsafe::moments::from_power_sums does.
+// One tile's moments: the power sums of its deviations from its midrange, scaled by a power of two 2^-e so that
+// their 4th powers neither overflow nor underflow (as the host kernels do), summed in fp32 over the tile (at most
+// 32 terms: relative error <= 32·2^-24 per sum), then unscaled exactly in double and turned into central sums as
+// qsafe::moments::from_power_sums does. The midrange shift keeps clustered data (1e6 + N(0, 1)) exact: the
+// differences are then exact in fp32.
 template <int N, int K, bool Full>
 __device__ __forceinline__ partial_moments tile_moments(const float (&v)[K][N], int base, int cols) {
   float lo = INFINITY, hi = -INFINITY;
-  unsigned bad = 0, count = 0;
+  unsigned count = 0;
 #pragma unroll
   for (int k = 0; k < K; ++k)
 #pragma unroll
@@ -113,41 +120,51 @@ __device__ __forceinline__ partial_moments tile_moments(const float (&v)[K][N], 
       if (Full || valid<N, K>(base, cols, k, i)) {
         lo = fminf(lo, v[k][i]);
         hi = fmaxf(hi, v[k][i]);
-        bad += isfinite(v[k][i]) ? 0u : 1u;
         ++count;
       }
     }
   partial_moments m = empty_moments();
-  m.non_finite = bad;
   m.lo = lo;
   m.hi = hi;
   if (count == 0) return m;
-  const double shift = 0.5 * static_cast<double>(lo) + 0.5 * static_cast<double>(hi);
-  double s1 = 0.0, s2 = 0.0, s3 = 0.0, s4 = 0.0;
+  const float shift = 0.5f * lo + 0.5f * hi;
+  // e: the exponent of the spread, kept where 2^-e and 2^(4e) are normal (and 0 for a zero or non-finite spread).
+  const float spread = fmaxf(hi - shift, shift - lo);
+  const int e = spread > 0.0f && spread <= FLT_MAX ? max(-118, min(126, ilogbf(spread))) : 0;
+  const float scale = __int_as_float((127 - e) << 23);
+  float s1 = 0.0f, s2 = 0.0f, s3 = 0.0f, s4 = 0.0f;
 #pragma unroll
   for (int k = 0; k < K; ++k)
 #pragma unroll
     for (int i = 0; i < N; ++i) {
       if (Full || valid<N, K>(base, cols, k, i)) {
-        const double d = static_cast<double>(v[k][i]) - shift, d2 = d * d;
+        const float d = (v[k][i] - shift) * scale, d2 = d * d;
         s1 += d;
         s2 += d2;
-        s3 = fma(d2, d, s3);
-        s4 = fma(d2, d2, s4);
+        s3 = fmaf(d2, d, s3);
+        s4 = fmaf(d2, d2, s4);
       }
     }
-  const double n = static_cast<double>(count), a = Full ? s1 * (1.0 / (N * K)) : s1 / n;
+  // A NaN or ±inf makes the scaled sums NaN or inf (finite deviations are at most 2 after scaling).
+  m.non_finite = fabsf(s1) + s2 <= 1e30f ? 0ull : 1ull;
+  const double p = __longlong_as_double(static_cast<long long>(1023 + e) << 52), p2 = p * p;
+  const double t1 = static_cast<double>(s1) * p, t2 = static_cast<double>(s2) * p2;
+  const double t3 = static_cast<double>(s3) * p2 * p, t4 = static_cast<double>(s4) * p2 * p2;
+  const double n = static_cast<double>(count), a = Full ? t1 * (1.0 / (N * K)) : t1 / n;
   m.n = n;
-  m.mean = shift + a;
-  m.m2 = fmax(s2 - a * s1, 0.0);
-  m.m3 = s3 - 3.0 * a * s2 + 2.0 * n * a * a * a;
-  m.m4 = fmax(s4 - 4.0 * a * s3 + 6.0 * a * a * s2 - 3.0 * n * a * a * a * a, 0.0);
+  m.mean = static_cast<double>(shift) + a;
+  m.m2 = fmax(t2 - a * t1, 0.0);
+  m.m3 = t3 - 3.0 * a * t2 + 2.0 * n * a * a * a;
+  m.m4 = fmax(t4 - 4.0 * a * t3 + 6.0 * a * a * t2 - 3.0 * n * a * a * a * a, 0.0);
   return m;
 }
 
 // One partial per block: partials[blockIdx.y · gridDim.x + blockIdx.x].
+// 3 blocks an SM (85 registers): at 4 (64 registers) the tile of 32 floats and the double merge spilled.
+inline constexpr int moments_blocks_per_sm = 3;
+
 template <int N, int K, class T>
-__global__ void __launch_bounds__(reduce_block_threads)
+__global__ void __launch_bounds__(reduce_block_threads, moments_blocks_per_sm)
     moments_kernel(index_t rows, int cols, const T* x, index_t stride, partial_moments* partials) {
   __shared__ partial_moments slots[reduce_block_threads / 32];
   partial_moments acc = empty_moments();
@@ -179,38 +196,42 @@ __global__ void __launch_bounds__(reduce_block_threads)
   if (threadIdx.x == 0) *result = acc;
 }
 
+// Packets per thread in flight in the range kernels.
+inline constexpr int range_unroll = 4;
+
+// min, max, and `probe` = the sum of v·0, which is NaN exactly when some v is NaN or ±inf (one FMA a value
+// instead of a classification; the exact count is taken on the error path only).
 struct partial_range {
-  float lo, hi;
-  unsigned non_finite;
+  float lo, hi, probe;
 };
 
 struct merge_range_op {
   __device__ __forceinline__ void operator()(partial_range& a, const partial_range& b) const {
     a.lo = fminf(a.lo, b.lo);
     a.hi = fmaxf(a.hi, b.hi);
-    a.non_finite += b.non_finite;
+    a.probe += b.probe;
   }
 };
 
-// keys[c] = min key, keys[channels + c] = max key of channel c (initialized by the caller to ~0u and 0).
-__device__ __forceinline__ void publish_range(const partial_range& r, index_t channel, index_t channels,
-                                              std::uint32_t* keys, unsigned long long* non_finite) {
+// min_keys[c] / max_keys[c]: the order keys of channel c's min and max (initialized by the caller to ~0u and 0).
+__device__ __forceinline__ void publish_range(const partial_range& r, index_t channel, std::uint32_t* min_keys,
+                                              std::uint32_t* max_keys, unsigned long long* non_finite) {
   if (r.lo <= r.hi) {
-    atomicMin(keys + channel, order_key(r.lo));
-    atomicMax(keys + channels + channel, order_key(r.hi));
+    atomicMin(min_keys + channel, order_key(r.lo));
+    atomicMax(max_keys + channel, order_key(r.hi));
   }
-  if (r.non_finite > 0) atomicAdd(non_finite, static_cast<unsigned long long>(r.non_finite));
+  if (!(r.probe == 0.0f)) atomicAdd(non_finite, 1ull);
 }
 
 // Channels along rows (row r is channel r % channels; per tensor: channels = 1). The block's rows are
 // blockIdx.y + k·gridDim.y, so with gridDim.y a multiple of `channels` a block sees one channel and publishes
 // once; otherwise it publishes at each change of channel (block-uniform).
 template <int N, class T>
-__global__ void __launch_bounds__(reduce_block_threads)
-    row_ranges_kernel(index_t rows, int cols, const T* x, index_t stride, index_t channels, std::uint32_t* keys,
-                      unsigned long long* non_finite) {
+__global__ void __launch_bounds__(reduce_block_threads, reduce_blocks_per_sm)
+    row_ranges_kernel(index_t rows, int cols, const T* x, index_t stride, index_t channels, std::uint32_t* min_keys,
+                      std::uint32_t* max_keys, unsigned long long* non_finite) {
   __shared__ partial_range slots[reduce_block_threads / 32];
-  const partial_range identity{INFINITY, -INFINITY, 0u};
+  const partial_range identity{INFINITY, -INFINITY, 0.0f};
   partial_range acc = identity;
   index_t channel = -1;
   for (index_t r = blockIdx.y; r < rows; r += gridDim.y) {
@@ -218,59 +239,85 @@ __global__ void __launch_bounds__(reduce_block_threads)
     if (c != channel) {
       if (channel >= 0) {
         const partial_range total = block_reduce(acc, identity, merge_range_op{}, slots);
-        if (threadIdx.x == 0) publish_range(total, channel, channels, keys, non_finite);
+        if (threadIdx.x == 0) publish_range(total, channel, min_keys, max_keys, non_finite);
         acc = identity;
       }
       channel = c;
     }
     const T* row = x + r * stride;
-    for (int j = static_cast<int>((blockIdx.x * blockDim.x + threadIdx.x) * N); j < cols;
-         j += static_cast<int>(gridDim.x * blockDim.x * N)) {
-      float v[N];
-      to_float(load_packet<N>(row, j, cols, from_float<T>(0.0f)), v);
+    const int span = static_cast<int>(blockDim.x) * N * range_unroll;
+    for (int base = static_cast<int>(blockIdx.x) * span; base < cols; base += static_cast<int>(gridDim.x) * span) {
+      float v[range_unroll][N];
+      load_tile<N, range_unroll>(row, base, cols, 0.0f, v);
 #pragma unroll
-      for (int i = 0; i < N; ++i) {
-        if (j + i < cols) {
-          acc.lo = fminf(acc.lo, v[i]);
-          acc.hi = fmaxf(acc.hi, v[i]);
-          acc.non_finite += isfinite(v[i]) ? 0u : 1u;
+      for (int k = 0; k < range_unroll; ++k)
+#pragma unroll
+        for (int i = 0; i < N; ++i) {
+          if (valid<N, range_unroll>(base, cols, k, i)) {
+            acc.lo = fminf(acc.lo, v[k][i]);
+            acc.hi = fmaxf(acc.hi, v[k][i]);
+            acc.probe = fmaf(v[k][i], 0.0f, acc.probe);
+          }
         }
-      }
     }
   }
   if (channel >= 0) {
     const partial_range total = block_reduce(acc, identity, merge_range_op{}, slots);
-    if (threadIdx.x == 0) publish_range(total, channel, channels, keys, non_finite);
+    if (threadIdx.x == 0) publish_range(total, channel, min_keys, max_keys, non_finite);
   }
 }
 
 // Channels along columns (column j is channel j): each thread keeps the range of its N columns over the rows
 // blockIdx.y + k·gridDim.y, then publishes them.
 template <int N, class T>
-__global__ void __launch_bounds__(reduce_block_threads)
-    column_ranges_kernel(index_t rows, int cols, const T* x, index_t stride, std::uint32_t* keys,
-                         unsigned long long* non_finite) {
+__global__ void __launch_bounds__(reduce_block_threads, reduce_blocks_per_sm)
+    column_ranges_kernel(index_t rows, int cols, const T* x, index_t stride, std::uint32_t* min_keys,
+                         std::uint32_t* max_keys, unsigned long long* non_finite) {
   const int j = static_cast<int>((blockIdx.x * blockDim.x + threadIdx.x) * N);
   if (j >= cols) return;
   float lo[N], hi[N];
-  unsigned bad = 0;
+  float probe = 0.0f;
 #pragma unroll
   for (int i = 0; i < N; ++i) lo[i] = INFINITY, hi[i] = -INFINITY;
-  for (index_t r = blockIdx.y; r < rows; r += gridDim.y) {
-    float v[N];
-    to_float(load_packet<N>(x + r * stride, j, cols, from_float<T>(0.0f)), v);
+  for (index_t r0 = blockIdx.y; r0 < rows; r0 += range_unroll * index_t{gridDim.y}) {
+    float v[range_unroll][N];
 #pragma unroll
-    for (int i = 0; i < N; ++i) {
-      lo[i] = fminf(lo[i], v[i]);
-      hi[i] = fmaxf(hi[i], v[i]);
-      bad += (j + i < cols && !isfinite(v[i])) ? 1u : 0u;
+    for (int u = 0; u < range_unroll; ++u) {
+      // A row past the end repeats row r0 (no effect on min and max; not counted twice below).
+      const index_t r = r0 + u * index_t{gridDim.y} < rows ? r0 + u * index_t{gridDim.y} : r0;
+      to_float(load_packet<N>(x + r * stride, j, cols, from_float<T>(0.0f)), v[u]);
     }
+#pragma unroll
+    for (int u = 0; u < range_unroll; ++u)
+#pragma unroll
+      for (int i = 0; i < N; ++i) {
+        lo[i] = fminf(lo[i], v[u][i]);
+        hi[i] = fmaxf(hi[i], v[u][i]);
+        if (j + i < cols) probe = fmaf(v[u][i], 0.0f, probe);  // a repeated row only repeats a value
+      }
   }
 #pragma unroll
   for (int i = 0; i < N; ++i) {
-    if (j + i < cols) publish_range({lo[i], hi[i], 0u}, j + i, cols, keys, non_finite);
+    if (j + i < cols) publish_range({lo[i], hi[i], i == 0 ? probe : 0.0f}, j + i, min_keys, max_keys, non_finite);
   }
-  if (bad > 0) atomicAdd(non_finite, static_cast<unsigned long long>(bad));
+}
+
+// The exact number of NaN and ±inf values (the error path: the other kernels only flag them).
+template <int N, class T>
+__global__ void __launch_bounds__(reduce_block_threads)
+    count_non_finite_kernel(index_t rows, int cols, const T* x, index_t stride, unsigned long long* count) {
+  unsigned bad = 0;
+  for (index_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    for (int j = static_cast<int>((blockIdx.x * blockDim.x + threadIdx.x) * N); j < cols;
+         j += static_cast<int>(gridDim.x * blockDim.x * N)) {
+      float v[N];
+      to_float(load_packet<N>(x + r * stride, j, cols, from_float<T>(0.0f)), v);
+#pragma unroll
+      for (int i = 0; i < N; ++i) bad += (j + i < cols && !isfinite(v[i])) ? 1u : 0u;
+    }
+  }
+  bad = warp_reduce(bad, [](unsigned& a, unsigned b) { a += b; });
+  if (threadIdx.x % 32 == 0 && bad > 0) atomicAdd(count, static_cast<unsigned long long>(bad));
 }
 
 }  // namespace qsafe::detail::cuda
