@@ -192,6 +192,51 @@ TEMPLATE_TEST_CASE("every rounding mode and STE mask equals the long-double defi
   }
 }
 
+TEMPLATE_TEST_CASE("per channel with options equals the long-double definition channel by channel",
+                   "[quant][options][per_channel]", QSAFE_HOST_CONFIGS) {
+  using T = typename TestType::element;
+  QSAFE_TEST_RNG(random);
+  for (int trial = 0; trial < 100; ++trial) {
+    const bool along_columns = random.coin();
+    const index_t channels = random.integer(1, 40);
+    const index_t rows = along_columns ? random.integer(1, 6) : channels * random.integer(1, 3);
+    const index_t cols = along_columns ? channels : random.integer(1, 40), stride = cols + random.integer(0, 2);
+    std::vector<quant_params> params;
+    for (index_t c = 0; c < channels; ++c) params.push_back(random_qparams<T>(random));
+    const fake_quant_options o = random_options(random);
+    std::vector<T> x(static_cast<std::size_t>(rows * stride)), y(x.size()), dy(x.size()), dx(x.size());
+    std::vector<std::int32_t> q(x.size());
+    for (index_t r = 0; r < rows; ++r) {
+      for (index_t c = 0; c < cols; ++c) {
+        const quant_params& p = params[static_cast<std::size_t>(along_columns ? c : r % channels)];
+        x[static_cast<std::size_t>(r * stride + c)] = random_inputs<T>(random, p, 1)[0];
+      }
+    }
+    for (auto& g : dy) g = static_cast<T>(random.normal());
+    const channel_axis axis = along_columns ? channel_axis::column : channel_axis::row;
+    const std::span<const quant_params> ps(params);
+    const matrix_view<const T> xv(x.data(), rows, cols, stride);
+    INFO("trial " << trial << ", " << name(o.rounding) << ", mask " << name(o.mask) << ", offset " << o.index_offset
+                  << ", " << rows << " x " << cols << " along " << (along_columns ? "columns" : "rows"));
+    fake_quantize(TestType::policy, xv, ps, axis, matrix_view<T>(y.data(), rows, cols, stride), o);
+    fake_quantize_backward(TestType::policy, xv, ps, axis, matrix_view<const T>(dy.data(), rows, cols, stride),
+                           matrix_view<T>(dx.data(), rows, cols, stride), o);
+    quantize(TestType::policy, xv, ps, axis, matrix_view<std::int32_t>(q.data(), rows, cols, stride), o);
+    for (index_t r = 0; r < rows; ++r) {
+      for (index_t c = 0; c < cols; ++c) {
+        const quant_params& p = params[static_cast<std::size_t>(along_columns ? c : r % channels)];
+        const reference_options_quantizer<T> ref(p, o);
+        const auto i = static_cast<std::size_t>(r * stride + c);
+        const auto index = static_cast<std::uint64_t>(r * cols + c);
+        INFO("x = " << x[i] << " at (" << r << ", " << c << ")");
+        REQUIRE(same(y[i], ref.fake(x[i], index)));
+        REQUIRE(dx[i] == (ref.passes(x[i], index) ? dy[i] : T(0)));
+        REQUIRE(static_cast<real>(q[i]) == (std::isnan(x[i]) ? real(p.zero_point) : ref.code(x[i], index)));
+      }
+    }
+  }
+}
+
 TEMPLATE_TEST_CASE("exact ties: half to even, half away from zero, and stochastic rounds up half the time",
                    "[quant][options][ties]", QSAFE_HOST_CONFIGS) {
   using T = typename TestType::element;
