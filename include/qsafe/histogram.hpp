@@ -371,10 +371,25 @@ class histogram {
                           Count* tables, index_t table_count) const {
     std::int64_t outside = 0;
     if (layout_.axis == channel_axis::column) {
-      // Every row touches every channel's table (768 channels x 2049 x 8 bytes = 12.6 MB): bound by cache and TLB
-      // misses. Blocks of 16 columns (tables in L2) and bin-major tables both measured slower on the dev machine.
-      for (index_t r = begin; r < end; ++r) {
-        outside += detail::histogram_columns(policy, grids_.data(), x.row(r), x.cols, tables);
+      // Transposed blocks: 16 columns x up to 4096 rows copied channel by channel into a buffer (256 KiB, L2), each
+      // channel's values then counted by the row kernel into its own table (L1-resident while it runs). Counting
+      // the rows directly touches every channel's table per row (768 channels: 12.6 MB, cache and TLB misses):
+      // measured 5-10x slower.
+      constexpr index_t block_cols = 16, block_rows = 4096;
+      std::vector<T> buffer(static_cast<std::size_t>(block_cols * block_rows));
+      for (index_t j0 = 0; j0 < x.cols; j0 += block_cols) {
+        const index_t m = std::min(block_cols, x.cols - j0);
+        for (index_t r0 = begin; r0 < end; r0 += block_rows) {
+          const index_t rr = std::min(block_rows, end - r0);
+          for (index_t r = 0; r < rr; ++r) {
+            const T* row = x.row(r0 + r) + j0;
+            for (index_t j = 0; j < m; ++j) buffer[static_cast<std::size_t>(j * rr + r)] = row[j];
+          }
+          for (index_t j = 0; j < m; ++j) {
+            outside += detail::histogram_row(policy, grids_[static_cast<std::size_t>(j0 + j)], buffer.data() + j * rr,
+                                             rr, tables + (j0 + j) * stride(), index_t(1));
+          }
+        }
       }
       return outside;
     }
