@@ -1,7 +1,10 @@
 #pragma once
 // Quantization error metrics, reference kernels: the sums Σx², Σy², Σxy and Σ(x − y)² of a row, in double (the
 // difference taken in double, so Σ(x − y)² never cancels), and the same sums per column, added into running
-// double arrays (one entry per column).
+// double arrays (one entry per column). Each term is added with an explicit fma, so the result does not depend on
+// whether the compiler contracts a multiply-add where the kernel is inlined (it would differ between call sites).
+
+#include <cmath>
 
 #include "qsafe/matrix_view.hpp"
 
@@ -26,10 +29,10 @@ error_sums error_row(index_t n, const T* x, const T* y) {
   error_sums s;
   for (index_t j = 0; j < n; ++j) {
     const double a = static_cast<double>(x[j]), b = static_cast<double>(y[j]), d = a - b;
-    s.x2 += a * a;
-    s.y2 += b * b;
-    s.xy += a * b;
-    s.e2 += d * d;
+    s.x2 = std::fma(a, a, s.x2);
+    s.y2 = std::fma(b, b, s.y2);
+    s.xy = std::fma(a, b, s.xy);
+    s.e2 = std::fma(d, d, s.e2);
   }
   return s;
 }
@@ -40,10 +43,10 @@ template <class T>
 void error_columns(index_t n, const T* x, const T* y, const error_column_sums& s) {
   for (index_t j = 0; j < n; ++j) {
     const double a = static_cast<double>(x[j]), b = static_cast<double>(y[j]), d = a - b;
-    s.x2[j] += a * a;
-    s.y2[j] += b * b;
-    s.xy[j] += a * b;
-    s.e2[j] += d * d;
+    s.x2[j] = std::fma(a, a, s.x2[j]);
+    s.y2[j] = std::fma(b, b, s.y2[j]);
+    s.xy[j] = std::fma(a, b, s.xy[j]);
+    s.e2[j] = std::fma(d, d, s.e2[j]);
   }
 }
 
