@@ -108,10 +108,11 @@ struct fake_quant_options {
 /// How an asymmetric range puts 0 exactly on the grid (symmetric ranges have `z = 0` already).
 /// - `round_zero_point` (default, PyTorch's): `s = (hi − lo)/n`, `z = round(−lo/s)`: the grid is the range shifted by
 ///   up to `s/2`, so one end moves *inward* by up to `s/2`.
-/// - `widen_range`: keep one end, move the other *outward* just enough that 0 falls on the grid: `z = floor(−lo/s0)`
-///   with `s = −lo/z` (hi moves out) or `z = ceil(−lo/s0)` with `s = hi/(n − z)` (lo moves out), whichever scale
-///   is smaller; `s0 = (hi − lo)/n`. The grid's ends then contain `[lo, hi]` exactly in `T` (nothing observed is
-///   clipped) and `s <= s0·n/(n − 2)` (8 bits: +0.8% at most).
+/// - `widen_range`: keep one end, move the other *outward* just enough that 0 falls on the grid: with
+///   `s0 = (hi − lo)/n` and `s(z) = max(−lo/z, hi/(n − z))` (the smallest scale with `z` steps below 0), try
+///   `z = floor(−lo/s0)` (keeps lo, hi moves out) and `z = ceil(−lo/s0)` (keeps hi), take the smaller scale. The grid's
+///   ends then contain `[lo, hi]` exactly in `T` (nothing observed is clipped) and `s <= s0·n/(n − 2)` (8 bits: +0.8%
+///   at most).
 enum class zero_alignment { round_zero_point, widen_range };
 
 /// Options of make_qparams; the defaults give the parameters of the call without options.
