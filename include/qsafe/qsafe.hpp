@@ -6,6 +6,8 @@
 #include "qsafe/eigen.hpp"
 #include "qsafe/estimators.hpp"
 #include "qsafe/execution.hpp"
+#include "qsafe/histogram.hpp"
+#include "qsafe/histogram_estimators.hpp"
 #include "qsafe/lsq.hpp"
 #include "qsafe/matrix_view.hpp"
 #include "qsafe/metrics.hpp"
