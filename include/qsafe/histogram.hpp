@@ -10,9 +10,9 @@
 ///   std::vector<std::int64_t> c = h.counts(0);
 ///
 ///   // Across processes: agree on the ranges first (min-max merges exactly), then count on the same grid.
-///   qsafe::histogram<float> part(ranges);             // a fixed grid: one pass
+///   qsafe::histogram<float> total(ranges), part(ranges);   // fixed grids: one pass
 ///   part.observe(qsafe::simd, my_batch);
-///   total.merge(part);                                // exact: integer counts on identical edges
+///   total.merge(part);                                     // exact: integer counts on identical edges
 /// \endcode
 ///
 /// Contract:
