@@ -10,21 +10,7 @@ import time
 
 import torch
 
-
-def median_ms(fn, repeats, warmup=2):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        stop.record()
-        stop.synchronize()
-        times.append(start.elapsed_time(stop))
-    times.sort()
-    return times[len(times) // 2]
+from torch_timing import median_ms  # bench/cuda/torch_timing.py
 
 
 def kurtosis(x):

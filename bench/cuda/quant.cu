@@ -1,5 +1,5 @@
-// GPU benchmark of fake-quantization (per tensor, 8-bit asymmetric): effective bandwidth (forward x -> y two
-// tensors, backward x, dy -> dx three) next to a device copy of the same bytes, CUDA events, median of --repeats.
+// GPU benchmark of fake-quantization (per tensor and per channel, 8-bit asymmetric): effective bandwidth (forward x ->
+// y two tensors, backward x, dy -> dx three) next to a device copy of the same bytes, CUDA events, median of --repeats.
 //
 //   bench_cuda_quant [--elements N] [--repeats R] [--csv FILE]     (CSV: op,variant,dtype,cols,impl,ms,tbps)
 
@@ -10,16 +10,17 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "qsafe/cuda/quant.cuh"
+#include "support.cuh"
 
 namespace {
 
-void check(cudaError_t code, const char* call) {
-  qsafe::detail::cuda::check(code, "bench", call);
-}
+using qsafe::bench::check;
+using qsafe::bench::median_ms;
 
 template <class T>
 __global__ void fill_random(T* out, std::size_t n, std::uint32_t seed) {
@@ -33,28 +34,6 @@ __global__ void fill_random(T* out, std::size_t n, std::uint32_t seed) {
     h ^= h >> 15;
     out[i] = static_cast<T>(static_cast<float>(h >> 8) * 0x1p-24f * 8.0f - 4.0f);  // uniform in [-4, 4)
   }
-}
-
-template <class F>
-double median_ms(int repeats, F&& run) {
-  cudaEvent_t start, stop;
-  check(cudaEventCreate(&start), "cudaEventCreate");
-  check(cudaEventCreate(&stop), "cudaEventCreate");
-  for (int i = 0; i < 3; ++i) run();
-  std::vector<float> times;
-  for (int i = 0; i < repeats; ++i) {
-    check(cudaEventRecord(start), "cudaEventRecord");
-    run();
-    check(cudaEventRecord(stop), "cudaEventRecord");
-    check(cudaEventSynchronize(stop), "cudaEventSynchronize");
-    float ms = 0;
-    check(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime");
-    times.push_back(ms);
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
 }
 
 template <class T>
@@ -75,10 +54,34 @@ void bench_type(const char* dtype, std::size_t n, int repeats, FILE* csv) {
   const double fwd = median_ms(repeats, [&] { qsafe::fake_quantize(qsafe::cuda_t{}, xv, p, yv); });
   const double bwd = median_ms(repeats, [&] { qsafe::fake_quantize_backward(qsafe::cuda_t{}, xv, p, dyv, yv); });
   check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+  // Per channel: the matrix as rows x 4096 columns, a channel per column, or per row (4096 channels, row r in
+  // channel r % 4096).
+  const auto cols = qsafe::index_t{4096}, rows = static_cast<qsafe::index_t>(n) / cols;
+  const qsafe::matrix_view<const T> xm(x, rows, cols), dym(dy, rows, cols);
+  const qsafe::matrix_view<T> ym(y, rows, cols);
+  double channel_fwd[2], channel_bwd[2];
+  for (const qsafe::channel_axis axis : {qsafe::channel_axis::column, qsafe::channel_axis::row}) {
+    const qsafe::index_t channels = 4096;  // columns, or rows r % 4096 (a weight's output channels)
+    std::vector<qsafe::quant_params> params;
+    for (qsafe::index_t c = 0; c < channels; ++c) {
+      const double hi = 2.0 + static_cast<double>(c % 7) * 0.25;
+      params.push_back(qsafe::make_qparams<float>({-hi, hi}, 8, qsafe::quant_mode::asymmetric));
+    }
+    const std::span<const qsafe::quant_params> ps(params);
+    const int a = axis == qsafe::channel_axis::column ? 0 : 1;
+    channel_fwd[a] = median_ms(repeats, [&] { qsafe::fake_quantize(qsafe::cuda_t{}, xm, ps, axis, ym); });
+    channel_bwd[a] = median_ms(repeats, [&] { qsafe::fake_quantize_backward(qsafe::cuda_t{}, xm, ps, axis, dym, ym); });
+  }
+  check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
   const double c = 2 * bytes / copy * 1e-9, f = 2 * bytes / fwd * 1e-9, b = 3 * bytes / bwd * 1e-9;
   std::printf(
       "%-9s copy %6.3f TB/s | fake_quantize %6.3f TB/s (%5.1f%%) | fake_quantize_backward %6.3f TB/s (%5.1f%%)\n",
       dtype, c, f, 100 * f / c, b, 100 * b / c);
+  for (int a = 0; a < 2; ++a) {
+    const double cf = 2 * bytes / channel_fwd[a] * 1e-9, cb = 3 * bytes / channel_bwd[a] * 1e-9;
+    std::printf("%-9s per channel, %-14s fake_quantize %6.3f TB/s (%5.1f%%) | backward %6.3f TB/s (%5.1f%%)\n", dtype,
+                a == 0 ? "4096 columns" : "4096 rows", cf, 100 * cf / c, cb, 100 * cb / c);
+  }
   if (csv != nullptr) {
     std::fprintf(csv, "copy,-,%s,0,cudaMemcpy,%.5f,%.4f\n", dtype, copy, c);
     std::fprintf(csv, "fake_quantize,8bit,%s,0,qsafe,%.5f,%.4f\n", dtype, fwd, f);

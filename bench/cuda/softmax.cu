@@ -20,40 +20,13 @@
 #include <vector>
 
 #include "qsafe/cuda/softmax.cuh"
+#include "support.cuh"
 
 namespace {
 
-void check(cudaError_t code, const char* call) {
-  qsafe::detail::cuda::check(code, "bench", call);
-}
-
-// Scores: a sum of four hashed uniforms, centred, spread about 3 (so clipping happens), as the tests' scores.
-template <class T>
-__global__ void fill_random(T* out, std::size_t n, std::uint32_t seed, float spread) {
-  for (std::size_t i = blockIdx.x * std::size_t{blockDim.x} + threadIdx.x; i < n;
-       i += std::size_t{gridDim.x} * blockDim.x) {
-    std::uint32_t h = static_cast<std::uint32_t>(i) * 0x9E3779B1u ^ seed;
-    float sum = 0.0f;
-    for (int k = 0; k < 4; ++k) {
-      h ^= h >> 15;
-      h *= 0x2C1B3C6Du;
-      h ^= h >> 12;
-      h *= 0x297A2D39u;
-      h ^= h >> 15;
-      sum += static_cast<float>(h >> 8) * 0x1p-24f;
-    }
-    out[i] = static_cast<T>((sum - 2.0f) * spread * 1.7320508f);
-  }
-}
-
-template <class T>
-struct buffer {
-  T* data = nullptr;
-  explicit buffer(std::size_t n) { check(cudaMalloc(&data, n * sizeof(T)), "cudaMalloc"); }
-  ~buffer() { cudaFree(data); }
-  buffer(const buffer&) = delete;
-  buffer& operator=(const buffer&) = delete;
-};
+using qsafe::bench::buffer;
+using qsafe::bench::check;
+using qsafe::bench::median_ms;
 
 struct result {
   std::string op, variant, dtype;
@@ -62,34 +35,12 @@ struct result {
   double ms, tbps;
 };
 
-// Median milliseconds of `repeats` timed runs of `run` after 3 warm-ups.
-double median_ms(int repeats, const std::function<void()>& run) {
-  cudaEvent_t start, stop;
-  check(cudaEventCreate(&start), "cudaEventCreate");
-  check(cudaEventCreate(&stop), "cudaEventCreate");
-  for (int i = 0; i < 3; ++i) run();
-  std::vector<float> times;
-  for (int i = 0; i < repeats; ++i) {
-    check(cudaEventRecord(start), "cudaEventRecord");
-    run();
-    check(cudaEventRecord(stop), "cudaEventRecord");
-    check(cudaEventSynchronize(stop), "cudaEventSynchronize");
-    float ms = 0;
-    check(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime");
-    times.push_back(ms);
-  }
-  check(cudaEventDestroy(start), "cudaEventDestroy");
-  check(cudaEventDestroy(stop), "cudaEventDestroy");
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
-}
-
 template <class T>
 void bench_type(const char* dtype, std::size_t elements, int repeats, std::vector<result>& out) {
   const std::size_t bytes = elements * sizeof(T);
   buffer<T> x(elements), y(elements), p(elements), dy(elements), dx(elements);
-  fill_random<<<1024, 256>>>(x.data, elements, 1u, 3.0f);
-  fill_random<<<1024, 256>>>(dy.data, elements, 2u, 1.0f);
+  qsafe::bench::fill_sum_of_uniforms<<<1024, 256>>>(x.data, elements, 1u, 3.0f);
+  qsafe::bench::fill_sum_of_uniforms<<<1024, 256>>>(dy.data, elements, 2u, 1.0f);
   check(cudaGetLastError(), "fill_random");
 
   const double copy_ms = median_ms(
@@ -135,8 +86,8 @@ void sweep_shape(const char* dtype, std::size_t elements, int repeats, long cols
   const int threads = Cached > 0 ? dc::power_of_two_at_least(cols / (packet * Cached), 4, 512) : stream_threads;
   if (Cached > 0 && static_cast<long>(threads) * packet * Cached < cols) return;  // does not fit
   buffer<T> x(elements), y(elements), dy(elements);
-  fill_random<<<1024, 256>>>(x.data, elements, 1u, 3.0f);
-  fill_random<<<1024, 256>>>(dy.data, elements, 2u, 1.0f);
+  qsafe::bench::fill_sum_of_uniforms<<<1024, 256>>>(x.data, elements, 1u, 3.0f);
+  qsafe::bench::fill_sum_of_uniforms<<<1024, 256>>>(dy.data, elements, 2u, 1.0f);
   const dc::launch_geometry g = dc::geometry("sweep", rows, threads);
   const qsafe::vanilla_softmax variant{};
   const qsafe::full_rows mode{};

@@ -13,57 +13,26 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <vector>
 
 #include "qsafe/cuda/estimators.cuh"
 #include "qsafe/cuda/stats.cuh"
+#include "support.cuh"
 
 namespace {
 
-void check(cudaError_t code, const char* call) {
-  qsafe::detail::cuda::check(code, "bench", call);
-}
+using qsafe::bench::check;
 
-// Roughly normal values (a sum of four hashed uniforms, sd ~1.15), so that the keys crowd into few top bins as
-// real activations do.
+// Roughly normal values (sd 1.15), so that the keys crowd into few top bins as real activations do.
 template <class T>
-__global__ void fill_normalish(T* out, std::size_t n, std::uint32_t seed) {
-  for (std::size_t i = blockIdx.x * std::size_t{blockDim.x} + threadIdx.x; i < n;
-       i += std::size_t{gridDim.x} * blockDim.x) {
-    float sum = 0.0f;
-    for (std::uint32_t k = 0; k < 4; ++k) {
-      std::uint32_t h = (static_cast<std::uint32_t>(i) * 4u + k) * 0x9E3779B1u ^ seed;
-      h ^= h >> 15;
-      h *= 0x2C1B3C6Du;
-      h ^= h >> 12;
-      h *= 0x297A2D39u;
-      h ^= h >> 15;
-      sum += static_cast<float>(h >> 8) * 0x1p-24f * 2.0f - 1.0f;
-    }
-    out[i] = static_cast<T>(sum);
-  }
+void fill(T* x, std::size_t n) {
+  qsafe::bench::fill_sum_of_uniforms<<<1024, 256>>>(x, n, 7u, 1.15f);
+  check(cudaDeviceSynchronize(), "fill");
 }
 
-template <class F>
-double median_ms(int repeats, F&& run) {
-  cudaEvent_t start, stop;
-  check(cudaEventCreate(&start), "cudaEventCreate");
-  check(cudaEventCreate(&stop), "cudaEventCreate");
-  for (int i = 0; i < 2; ++i) run();
-  std::vector<float> times;
-  for (int i = 0; i < repeats; ++i) {
-    check(cudaEventRecord(start), "cudaEventRecord");
-    run();
-    check(cudaEventRecord(stop), "cudaEventRecord");
-    check(cudaEventSynchronize(stop), "cudaEventSynchronize");
-    float ms = 0;
-    check(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime");
-    times.push_back(ms);
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
+double median_ms(int repeats, const std::function<void()>& run) {
+  return qsafe::bench::median_ms(repeats, run, 2);
 }
 
 template <class T>
@@ -71,8 +40,7 @@ void bench_type(const char* dtype, std::size_t n, int repeats) {
   T *x, *y;
   check(cudaMalloc(&x, n * sizeof(T)), "cudaMalloc");
   check(cudaMalloc(&y, n * sizeof(T)), "cudaMalloc");
-  fill_normalish<<<1024, 256>>>(x, n, 7u);
-  check(cudaDeviceSynchronize(), "fill");
+  fill(x, n);
   const double bytes = static_cast<double>(n) * sizeof(T);
   const auto size = static_cast<qsafe::index_t>(n);
   const qsafe::matrix_view<const T> flat(x, 1, size);

@@ -1,11 +1,13 @@
-// CUDA fake-quantization (per tensor) against the CPU reference: bit-identical for float, and equal to the float
-// result rounded once for half / bfloat16; fresh random parameters (2 to 16 bits, both modes), inputs with exact
-// ties, NaN, ±inf and huge values, awkward shapes, poisoned outputs.
+// CUDA fake-quantization (per tensor and per channel) against the CPU reference: bit-identical for float, and equal to
+// the float result rounded once for half / bfloat16; fresh random parameters (2 to 16 bits, both modes), inputs with
+// exact ties, NaN, ±inf and huge values, awkward shapes, poisoned outputs.
 
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <span>
+#include <vector>
 
 #include "qsafe/cuda/quant.cuh"
 #include "support.cuh"
@@ -97,4 +99,74 @@ TEST_CASE("CUDA fake_quantize argument errors name the argument and launch nothi
   check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
   CHECK(y.download());
   for (const float v : y.host) CHECK(v == test_matrix<float>::poison());
+}
+
+TEMPLATE_TEST_CASE("CUDA per-channel fake_quantize and its backward equal the CPU reference along rows and columns",
+                   "[cuda][quant][channels]", QSAFE_CUDA_ELEMENTS) {
+  using T = TestType;
+  QSAFE_TEST_RNG(random);
+  index_t checked = 0;
+  for (const index_t cols : {1L, 5L, 8L, 100L, 1001L, random.integer(2, 3000)}) {
+    for (const channel_axis axis : {channel_axis::row, channel_axis::column}) {
+      gpu_shape s = random_gpu_shape<T>(random, cols);
+      const index_t channels = axis == channel_axis::column ? cols : random.integer(1, 6);
+      s.rows = (s.rows + channels - 1) / channels * channels;
+      std::vector<quant_params> params;
+      for (index_t c = 0; c < channels; ++c) {
+        const double lo = random.uniform(-20, 5), hi = lo + random.uniform(0, 30);
+        params.push_back(make_qparams<float>({lo, hi}, static_cast<int>(random.integer(2, 16)),
+                                             random.coin() ? quant_mode::asymmetric : quant_mode::symmetric));
+      }
+      INFO("cols " << cols << ", rows " << s.rows << ", stride " << s.stride << ", misalign " << s.misalign << ", axis "
+                   << (axis == channel_axis::row ? "row" : "column") << ", channels " << channels);
+      test_matrix<T> x(s), y(s), dy(s), dx(s);
+      // Inputs drawn around each element's own channel (ties, NaN, ±inf, huge values among them).
+      for (index_t r = 0; r < s.rows; ++r) {
+        for (index_t c = 0; c < cols; ++c) {
+          const quant_params& p = params[static_cast<std::size_t>(axis == channel_axis::column ? c : r % channels)];
+          const long pick = random.integer(0, 19);
+          const double code = static_cast<double>(random.integer(p.quant_min - 3, p.quant_max + 3) - p.zero_point);
+          const double v = pick == 0   ? std::numeric_limits<double>::quiet_NaN()
+                           : pick == 1 ? std::numeric_limits<double>::infinity()
+                           : pick < 8  ? (code + 0.5) * p.scale
+                                       : random.normal(0.0, p.scale * (p.quant_max - p.quant_min) / 4);
+          x(r, c) = round_to<T>(static_cast<float>(v));
+        }
+      }
+      x.upload();
+      fill_normal(random, dy);
+      fake_quantize(cuda_t{}, x.cview(), std::span<const quant_params>(params), axis, y.view());
+      fake_quantize_backward(cuda_t{}, x.cview(), std::span<const quant_params>(params), axis, dy.cview(), dx.view());
+      check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+      REQUIRE(y.download());
+      REQUIRE(dx.download());
+      std::vector<float> want_y(x.host.size()), want_dx(x.host.size());
+      const matrix_view<float> wy(want_y.data(), s.rows, s.cols, s.stride),
+          wdx(want_dx.data(), s.rows, s.cols, s.stride);
+      fake_quantize(cpu, x.host_view(), std::span<const quant_params>(params), axis, wy);
+      fake_quantize_backward(cpu, x.host_view(), std::span<const quant_params>(params), axis, dy.host_view(), wdx);
+      for (index_t r = 0; r < s.rows; ++r) {
+        for (index_t c = 0; c < s.cols; ++c) {
+          INFO("row " << r << ", col " << c << ": x " << x(r, c) << ", y " << y(r, c) << " want "
+                      << round_to<T>(wy(r, c)));
+          REQUIRE(same_bits(y(r, c), round_to<T>(wy(r, c))));
+          REQUIRE(same_bits(dx(r, c), wdx(r, c)));
+          ++checked;
+        }
+      }
+    }
+  }
+  CHECK(checked > 1000);
+  // The host's parameter checks, naming the argument; nothing written.
+  test_matrix<T> x(gpu_shape{4, 6, 6, 0}), y(gpu_shape{4, 6, 6, 0});
+  const std::vector<quant_params> three(3);
+  CHECK_THROWS_WITH(
+      fake_quantize(cuda_t{}, x.cview(), std::span<const quant_params>(three), channel_axis::column, y.view()),
+      Contains("'params'"));
+  CHECK_THROWS_WITH(
+      fake_quantize(cuda_t{}, x.cview(), std::span<const quant_params>(three), channel_axis::row, y.view()),
+      Contains("'params'") && Contains("divide"));
+  check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+  CHECK(y.download());
+  for (const float v : y.host) CHECK(v == test_matrix<T>::poison());
 }

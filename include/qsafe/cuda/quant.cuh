@@ -1,8 +1,8 @@
 #pragma once
 /// \file
 /// Fake-quantization on a CUDA device: `fake_quantize` and `fake_quantize_backward` of qsafe/quant.hpp, per
-/// tensor, with `qsafe::cuda_t{stream}` on device pointers (REFERENCE §2, docs/quantization.md). Include only from
-/// .cu files.
+/// tensor and per channel, with `qsafe::cuda_t{stream}` on device pointers (REFERENCE §2, docs/quantization.md).
+/// Include only from .cu files.
 ///
 /// \code
 ///   const qsafe::quant_params p = qsafe::make_qparams<float>({lo, hi}, 8, qsafe::quant_mode::asymmetric);
@@ -13,9 +13,12 @@
 /// - float: bit-identical to `qsafe::cpu` (the same fp32 operations, none contracted);
 /// - half / bfloat16: the input widened to fp32 exactly, the float computation above, the result rounded once
 ///   (so equal to the float result rounded to the element type);
-/// - asynchronous on `stream`; launch errors throw `qsafe::cuda_error`. Per-channel parameters: not yet on CUDA.
+/// - asynchronous on `stream` (per channel: after the parameters' copy, see below); launch errors throw
+///   `qsafe::cuda_error`. The rounding and mask options of the host functions (`fake_quant_options`): not on CUDA
+///   (the defaults: half to even, PyTorch's mask).
 
 #include <climits>
+#include <span>
 #include <type_traits>
 
 #include "qsafe/cuda/execution.cuh"
@@ -34,7 +37,7 @@ void fake_quantize(const cuda_t& policy, matrix_view<const std::type_identity_t<
   detail::check_params("fake_quantize", "params", params);
   if (x.cols > INT_MAX / 2) detail::fail("fake_quantize", "x", "has more than INT_MAX / 2 columns");
   if (x.empty()) return;
-  detail::cuda::fake_quantize(policy.stream, detail::to_lanes<float>(params), x, y);
+  detail::cuda::fake_quantize(policy.stream, detail::cuda::tensor_params{detail::to_lanes<float>(params)}, x, y);
 }
 
 /// Straight-through backward: `dx = dy` where the unclamped code lies in `[quant_min, quant_max]`, else 0.
@@ -48,7 +51,39 @@ void fake_quantize_backward(const cuda_t& policy, matrix_view<const std::type_id
   detail::check_params("fake_quantize_backward", "params", params);
   if (x.cols > INT_MAX / 2) detail::fail("fake_quantize_backward", "x", "has more than INT_MAX / 2 columns");
   if (x.empty()) return;
-  detail::cuda::fake_quantize_backward(policy.stream, detail::to_lanes<float>(params), x, dy, dx);
+  detail::cuda::fake_quantize_backward(policy.stream, detail::cuda::tensor_params{detail::to_lanes<float>(params)}, x,
+                                       dy, dx);
+}
+
+/// Fake-quantize per channel: column j takes `params[j]` (`channel_axis::column`, params.size() == cols), or row r
+/// takes `params[r % params.size()]` (`channel_axis::row`), as the host function. The parameters are copied to the
+/// device first (from pageable memory: the call waits for the work already queued on the stream).
+template <cuda_element T>
+void fake_quantize(const cuda_t& policy, matrix_view<const std::type_identity_t<T>> x,
+                   std::span<const quant_params> params, channel_axis axis, matrix_view<T> y) {
+  detail::check_view("fake_quantize", "x", x);
+  detail::check_same_shape("fake_quantize", "y", y, "x", x);
+  detail::check_channels("fake_quantize", params, axis, x.rows, x.cols);
+  if (x.cols > INT_MAX / 2) detail::fail("fake_quantize", "x", "has more than INT_MAX / 2 columns");
+  if (x.empty()) return;
+  detail::cuda::with_channel_params("fake_quantize", policy.stream, params, axis,
+                                    [&](const auto& p) { detail::cuda::fake_quantize(policy.stream, p, x, y); });
+}
+
+/// Straight-through backward per channel (parameters as for the per-channel fake_quantize).
+template <cuda_element T>
+void fake_quantize_backward(const cuda_t& policy, matrix_view<const std::type_identity_t<T>> x,
+                            std::span<const quant_params> params, channel_axis axis,
+                            matrix_view<const std::type_identity_t<T>> dy, matrix_view<T> dx) {
+  detail::check_view("fake_quantize_backward", "x", x);
+  detail::check_same_shape("fake_quantize_backward", "dy", dy, "x", x);
+  detail::check_same_shape("fake_quantize_backward", "dx", dx, "x", x);
+  detail::check_channels("fake_quantize_backward", params, axis, x.rows, x.cols);
+  if (x.cols > INT_MAX / 2) detail::fail("fake_quantize_backward", "x", "has more than INT_MAX / 2 columns");
+  if (x.empty()) return;
+  detail::cuda::with_channel_params("fake_quantize_backward", policy.stream, params, axis, [&](const auto& p) {
+    detail::cuda::fake_quantize_backward(policy.stream, p, x, dy, dx);
+  });
 }
 
 }  // namespace qsafe

@@ -7,11 +7,15 @@
 
 #include <algorithm>
 #include <climits>
+#include <span>
 #include <string_view>
+#include <type_traits>
+#include <vector>
 
 #include "qsafe/cuda/execution.cuh"
 #include "qsafe/detail/cuda/dispatch_softmax.cuh"  // aligned_16
 #include "qsafe/detail/cuda/kernels/quant.cuh"
+#include "qsafe/quant.hpp"
 
 namespace qsafe::detail::cuda {
 
@@ -24,9 +28,11 @@ struct quant_tuning {
 
 // Calls launch(packet, grid, rows, cols) for the matrix (rows x cols with the strides given), flattening a
 // contiguous one into a single row when its size fits an int.
+// `max_blocks_y` bounds the blocks along the rows (per-channel parameters: fewer, so that each thread takes its
+// column parameters once for many rows).
 template <class T, class Launch>
 void launch_elementwise(std::string_view function, index_t rows, index_t cols, bool contiguous, bool aligned,
-                        Launch&& launch) {
+                        Launch&& launch, index_t max_blocks_y = quant_tuning::max_blocks_y) {
   if (contiguous && rows * cols <= INT_MAX / 2) {
     cols *= rows;
     rows = 1;
@@ -35,7 +41,7 @@ void launch_elementwise(std::string_view function, index_t rows, index_t cols, b
     constexpr int N = decltype(packet)::value;
     const index_t steps = (cols + N * quant_tuning::block_threads - 1) / (N * quant_tuning::block_threads);
     const dim3 grid(static_cast<unsigned>(std::min(steps, quant_tuning::max_blocks_x)),
-                    static_cast<unsigned>(std::min(rows, quant_tuning::max_blocks_y)));
+                    static_cast<unsigned>(std::min(rows, max_blocks_y)));
     launch(packet, grid, rows, static_cast<int>(cols));
   };
   if (aligned) {
@@ -46,30 +52,79 @@ void launch_elementwise(std::string_view function, index_t rows, index_t cols, b
   check(cudaGetLastError(), function, "the kernel launch");
 }
 
-template <class T>
-void fake_quantize(cudaStream_t stream, const lane_params<float>& p, matrix_view<const T> x, matrix_view<T> y) {
-  const bool contiguous = (x.rows <= 1 || (x.row_stride == x.cols && y.row_stride == y.cols));
-  const bool aligned = aligned_16(x.data, x.row_stride, x.rows) && aligned_16(y.data, y.row_stride, y.rows);
-  launch_elementwise<T>(
-      "fake_quantize", x.rows, x.cols, contiguous, aligned, [&](auto packet, dim3 grid, index_t rows, int cols) {
-        fake_quantize_kernel<decltype(packet)::value><<<grid, quant_tuning::block_threads, 0, stream>>>(
-            p, rows, cols, x.data, x.row_stride, y.data, y.row_stride);
-      });
+// Blocks along the rows: per-tensor as many as the rows (up to 65535); per channel 256, so each thread of a
+// column-channel launch loads its parameters once for rows / 256 rows.
+template <class Params>
+constexpr index_t rows_blocks() {
+  return std::is_same_v<Params, tensor_params> ? quant_tuning::max_blocks_y : 256;
 }
 
-template <class T>
-void fake_quantize_backward(cudaStream_t stream, const lane_params<float>& p, matrix_view<const T> x,
-                            matrix_view<const T> dy, matrix_view<T> dx) {
+// Params: tensor_params (a contiguous matrix is then walked as one row), or per channel (row_channel_params,
+// column_channel_params: rows stay rows).
+template <class Params, class T>
+void fake_quantize(cudaStream_t stream, const Params& p, matrix_view<const T> x, matrix_view<T> y) {
   const bool contiguous =
+      std::is_same_v<Params, tensor_params> && (x.rows <= 1 || (x.row_stride == x.cols && y.row_stride == y.cols));
+  const bool aligned = aligned_16(x.data, x.row_stride, x.rows) && aligned_16(y.data, y.row_stride, y.rows);
+  launch_elementwise<T>(
+      "fake_quantize", x.rows, x.cols, contiguous, aligned,
+      [&](auto packet, dim3 grid, index_t rows, int cols) {
+        fake_quantize_kernel<decltype(packet)::value><<<grid, quant_tuning::block_threads, 0, stream>>>(
+            p, rows, cols, x.data, x.row_stride, y.data, y.row_stride);
+      },
+      rows_blocks<Params>());
+}
+
+template <class Params, class T>
+void fake_quantize_backward(cudaStream_t stream, const Params& p, matrix_view<const T> x, matrix_view<const T> dy,
+                            matrix_view<T> dx) {
+  const bool contiguous =
+      std::is_same_v<Params, tensor_params> &&
       (x.rows <= 1 || (x.row_stride == x.cols && dy.row_stride == dy.cols && dx.row_stride == dx.cols));
   const bool aligned = aligned_16(x.data, x.row_stride, x.rows) && aligned_16(dy.data, dy.row_stride, dy.rows) &&
                        aligned_16(dx.data, dx.row_stride, dx.rows);
-  launch_elementwise<T>("fake_quantize_backward", x.rows, x.cols, contiguous, aligned,
-                        [&](auto packet, dim3 grid, index_t rows, int cols) {
-                          fake_quantize_backward_kernel<decltype(packet)::value>
-                              <<<grid, quant_tuning::block_threads, 0, stream>>>(
-                                  p, rows, cols, x.data, x.row_stride, dy.data, dy.row_stride, dx.data, dx.row_stride);
-                        });
+  launch_elementwise<T>(
+      "fake_quantize_backward", x.rows, x.cols, contiguous, aligned,
+      [&](auto packet, dim3 grid, index_t rows, int cols) {
+        fake_quantize_backward_kernel<decltype(packet)::value><<<grid, quant_tuning::block_threads, 0, stream>>>(
+            p, rows, cols, x.data, x.row_stride, dy.data, dy.row_stride, dx.data, dx.row_stride);
+      },
+      rows_blocks<Params>());
+}
+
+// Per-channel parameters on the device for one launch: converted to fp32 lanes, copied from pageable host memory
+// (so the copy first waits for the work queued on the stream), freed stream-ordered after the kernel.
+class device_channel_params {
+ public:
+  device_channel_params(std::string_view function, cudaStream_t stream, std::span<const quant_params> params)
+      : stream_(stream) {
+    std::vector<lane_params<float>> lanes;
+    for (const quant_params& q : params) lanes.push_back(to_lanes<float>(q));
+    const std::size_t bytes = lanes.size() * sizeof(lane_params<float>);
+    check(cudaMallocAsync(&data_, bytes, stream), function, "cudaMallocAsync(params)");
+    check(cudaMemcpyAsync(data_, lanes.data(), bytes, cudaMemcpyHostToDevice, stream), function,
+          "cudaMemcpyAsync(params)");
+  }
+  device_channel_params(const device_channel_params&) = delete;
+  device_channel_params& operator=(const device_channel_params&) = delete;
+  ~device_channel_params() { cudaFreeAsync(data_, stream_); }
+  const lane_params<float>* data() const { return data_; }
+
+ private:
+  cudaStream_t stream_;
+  lane_params<float>* data_ = nullptr;
+};
+
+// Calls f(params) with the kernels' form of per-channel parameters along `axis`.
+template <class F>
+void with_channel_params(std::string_view function, cudaStream_t stream, std::span<const quant_params> params,
+                         channel_axis axis, F&& f) {
+  const device_channel_params on_device(function, stream, params);
+  if (axis == channel_axis::column) {
+    f(column_channel_params{on_device.data(), static_cast<int>(params.size())});
+  } else {
+    f(row_channel_params{on_device.data(), static_cast<index_t>(params.size())});
+  }
 }
 
 }  // namespace qsafe::detail::cuda

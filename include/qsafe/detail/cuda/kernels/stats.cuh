@@ -213,6 +213,20 @@ struct merge_range_op {
   }
 };
 
+template <int N, int K, bool Full>
+__device__ __forceinline__ void fold_range(const float (&v)[K][N], int base, int cols, partial_range& acc) {
+#pragma unroll
+  for (int k = 0; k < K; ++k)
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+      if (Full || valid<N, K>(base, cols, k, i)) {
+        acc.lo = fminf(acc.lo, v[k][i]);
+        acc.hi = fmaxf(acc.hi, v[k][i]);
+        acc.probe = fmaf(v[k][i], 0.0f, acc.probe);
+      }
+    }
+}
+
 // min_keys[c] / max_keys[c]: the order keys of channel c's min and max (initialized by the caller to ~0u and 0).
 __device__ __forceinline__ void publish_range(const partial_range& r, index_t channel, std::uint32_t* min_keys,
                                               std::uint32_t* max_keys, unsigned long long* non_finite) {
@@ -249,16 +263,12 @@ __global__ void __launch_bounds__(reduce_block_threads, reduce_blocks_per_sm)
     for (int base = static_cast<int>(blockIdx.x) * span; base < cols; base += static_cast<int>(gridDim.x) * span) {
       float v[range_unroll][N];
       load_tile<N, range_unroll>(row, base, cols, 0.0f, v);
-#pragma unroll
-      for (int k = 0; k < range_unroll; ++k)
-#pragma unroll
-        for (int i = 0; i < N; ++i) {
-          if (valid<N, range_unroll>(base, cols, k, i)) {
-            acc.lo = fminf(acc.lo, v[k][i]);
-            acc.hi = fmaxf(acc.hi, v[k][i]);
-            acc.probe = fmaf(v[k][i], 0.0f, acc.probe);
-          }
-        }
+      // Whole tiles skip the per-element bound test.
+      if (base + span <= cols) {
+        fold_range<N, range_unroll, true>(v, base, cols, acc);
+      } else {
+        fold_range<N, range_unroll, false>(v, base, cols, acc);
+      }
     }
   }
   if (channel >= 0) {
