@@ -77,6 +77,21 @@ class binned_density {
     return m;
   }
 
+  // Moments of the values below u (a prefix sum and one partial bin).
+  three_moments below(double u) const {
+    three_moments m;
+    if (w_ == 0.0) return lo_ < u ? moments(-std::numeric_limits<double>::infinity(), u) : m;
+    if (!(u > lo_)) return m;
+    if (u >= hi_) return {p0_.back(), p1_.back(), p2_.back()};
+    const auto last = static_cast<std::ptrdiff_t>(counts_.size()) - 1;
+    const auto i = std::clamp(static_cast<std::ptrdiff_t>(std::floor((u - lo_) / w_)), std::ptrdiff_t(0), last);
+    const auto k = static_cast<std::size_t>(i);
+    m = {p0_[k], p1_[k], p2_[k]};
+    add_partial(m, i, edge(k), u);
+    return m;
+  }
+  double mid() const { return mid_; }
+
   // ∫ over [a, b) of (x − v)² dF.
   double squared_error(double a, double b, double v) const {
     const three_moments m = moments(a, b);
@@ -114,11 +129,15 @@ inline quantization_error expected_error(const binned_density& d, const quant_pa
   };
   const std::int64_t first = code_of(d.lo()), last = code_of(d.hi());
   quantization_error e;
+  // Code k takes [(k − z − ½)s, (k − z + ½)s) (the end codes everything beyond): its moments are differences of
+  // the moments below consecutive boundaries, one prefix lookup per boundary.
+  three_moments below = first == p.quant_min ? three_moments{} : d.below((static_cast<double>(first) - z - 0.5) * s);
   for (std::int64_t k = first; k <= last; ++k) {
-    const double v = (static_cast<double>(k) - z) * s;
-    const double a = k == p.quant_min ? -inf : (static_cast<double>(k) - z - 0.5) * s;
-    const double b = k == p.quant_max ? inf : (static_cast<double>(k) - z + 0.5) * s;
-    e.total += d.squared_error(a, b, v);
+    const three_moments next = k == p.quant_max ? d.below(inf) : d.below((static_cast<double>(k) - z + 0.5) * s);
+    const double m0 = next.m0 - below.m0, m1 = next.m1 - below.m1, m2 = next.m2 - below.m2;
+    const double dv = (static_cast<double>(k) - z) * s - d.mid();
+    e.total += std::max(0.0, m2 - 2.0 * dv * m1 + dv * dv * m0);
+    below = next;
   }
   if (first == p.quant_min) e.clipping += d.squared_error(-inf, (p.quant_min - z) * s, (p.quant_min - z) * s);
   if (last == p.quant_max) e.clipping += d.squared_error((p.quant_max - z) * s, inf, (p.quant_max - z) * s);
