@@ -137,6 +137,11 @@ TEMPLATE_TEST_CASE("per-channel histograms equal per-tensor histograms of each c
     histogram_options options;
     options.bins = random.integer(2, 600);
     const histogram<T> h = two_pass<T>(TestType::policy, {as_view(x, rows)}, layout, options);
+    // Threads: private tables summed; the same counts for any team size.
+    for (const int threads : {2, 3}) {
+      const histogram<T> threaded = two_pass<T>(simd_t{threads}, {as_view(x, rows)}, layout, options);
+      REQUIRE(all_counts(threaded) == all_counts(h));
+    }
     for (index_t c = 0; c < channels; ++c) {
       std::vector<T> values;
       for (index_t r = 0; r < rows; ++r)
@@ -251,6 +256,8 @@ TEMPLATE_TEST_CASE("values off the grid are an error and leave the counts unchan
     other[5] = T(1000);  // pass 2 sees a batch pass 1 did not
     REQUIRE_THROWS_WITH(h.observe(TestType::policy, as_view(other, 8)),
                         Catch::Contains("1 value(s) outside the histogram's grid"));
+    REQUIRE(all_counts(h) == before);
+    REQUIRE_THROWS_WITH(h.observe(simd_t{3}, as_view(other, 8)), Catch::Contains("outside the histogram's grid"));
     REQUIRE(all_counts(h) == before);
     // Different batches in pass 2, all on the grid: the count check catches it.
     h.observe(TestType::policy, matrix_view<const T>(x.data(), 4, 100));
