@@ -271,6 +271,34 @@ class histogram_percentile_estimator : public detail::estimator_results<T, histo
     return false;
   }
 
+  /// The estimator of the union of both estimators' data, before the last `next_pass()`: in the histogram passes
+  /// the histograms merge; in the gathering pass the gathered values (both must hold the same histogram: the
+  /// workers' recipe of `histogram::merge`, with the copy made after pass 2).
+  void merge(const histogram_percentile_estimator& other) {
+    if (other.percentile_ != percentile_ || other.gather_limit_ != gather_limit_) {
+      detail::fail("histogram_percentile_estimator::merge", "other", "has a different percentile or gather limit");
+    }
+    if (!ranges_.empty() || !other.ranges_.empty()) {
+      detail::fail("histogram_percentile_estimator::merge", "other", "merge before the last next_pass()");
+    }
+    if (plans_.empty() != other.plans_.empty()) {
+      detail::fail("histogram_percentile_estimator::merge", "other", "is in a different pass");
+    }
+    if (plans_.empty()) {
+      histogram_.merge(other.histogram_);
+      return;
+    }
+    for (std::size_t c = 0; c < plans_.size(); ++c) {
+      auto& mine = plans_[c].targets;
+      const auto& theirs = other.plans_[c].targets;
+      bool same = mine.size() == theirs.size() && plans_[c].n == other.plans_[c].n;
+      for (std::size_t t = 0; same && t < mine.size(); ++t) same = mine[t].bin == theirs[t].bin;
+      if (!same) detail::fail("histogram_percentile_estimator::merge", "other", "holds a different histogram");
+      for (std::size_t t = 0; t < mine.size(); ++t)
+        mine[t].values.insert(mine[t].values.end(), theirs[t].values.begin(), theirs[t].values.end());
+    }
+  }
+
   /// Whether every channel's result is exact (see the class comment).
   bool exact() const {
     return std::all_of(plans_.begin(), plans_.end(), [](const channel_plan& c) { return c.gather; });

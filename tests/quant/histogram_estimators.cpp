@@ -330,6 +330,39 @@ TEMPLATE_TEST_CASE("search estimators give identical qparams for any split into 
   }
 }
 
+TEMPLATE_TEST_CASE("the histogram percentile of two workers' merged parts is the percentile of all the data",
+                   "[histogram][percentile][merge]", float, double) {
+  using T = TestType;
+  QSAFE_TEST_RNG(random);
+  const std::vector<T> x = make_data<T>(random, data_kind::heavy_tailed, 64 * 100);
+  std::vector<matrix_view<const T>> batches;
+  for (index_t r = 0; r < 64; r += 8) batches.emplace_back(x.data() + r * 100, 8, 100);
+  histogram_percentile_estimator<T> whole(99.9);
+  calibrate(cpu, whole, as_view(x, 64));
+  // The workers' recipe: pass 1 on each, merged and copied back; pass 2 on each, merged and copied back; the
+  // gathering pass on each, merged.
+  histogram_percentile_estimator<T> a(99.9), b(99.9);
+  auto run_pass = [&] {
+    for (std::size_t i = 0; i < batches.size(); ++i) (i % 2 ? a : b).observe(simd, batches[i]);
+  };
+  for (int pass = 0; pass < 2; ++pass) {
+    run_pass();
+    a.merge(b);
+    b = a;
+    REQUIRE(a.next_pass());
+    REQUIRE(b.next_pass());
+  }
+  histogram_percentile_estimator<T> a_only = a;
+  run_pass();
+  a.merge(b);
+  REQUIRE_FALSE(a.next_pass());
+  REQUIRE(a.range().lo == whole.range().lo);
+  REQUIRE(a.range().hi == whole.range().hi);
+  // Without b's gathered values, a's own half of the data does not fill the planned bins: detected.
+  for (std::size_t i = 1; i < batches.size(); i += 2) a_only.observe(simd, batches[i]);
+  REQUIRE_THROWS_WITH(a_only.next_pass(), Catch::Contains("feed the same batches"));
+}
+
 TEST_CASE("histogram estimators reject misuse with the argument named", "[histogram][errors]") {
   const std::vector<float> x(1000, 0.5f);
   histogram_mse_estimator<float> est(8, quant_mode::asymmetric);
