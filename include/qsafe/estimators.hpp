@@ -310,8 +310,8 @@ double percentile(const Policy& policy, matrix_view<const T> x, double p) {
 
 /// Percentile range: each batch's `(100 − p)`-th and `p`-th percentiles (exact, see `percentiles`), averaged
 /// over batches with momentum like running min-max (the papers' OPT activations: p = 99.999, m = 0.9). `p` in
-/// (50, 100]; p = 100 is the batch min-max. Per-batch percentiles are what the papers do; the percentile of
-/// all the data across batches is a histogram estimator's job (issue 9).
+/// (50, 100]; p = 100 is the batch min-max. Per-batch percentiles are what the papers do; for the percentile of
+/// all the data across batches use `histogram_percentile_estimator` (histogram_estimators.hpp).
 template <host_element T>
 class percentile_estimator : public detail::estimator_results<T, percentile_estimator<T>> {
  public:
