@@ -141,19 +141,35 @@ inline void check_mode(std::string_view function, quant_mode mode) {
   }
 }
 
-inline void check_params(std::string_view function, std::string_view argument, const quant_params& p) {
+// What makes `p` unusable (a scale not finite and > 0, an empty code range or one wider than 16 bits, a zero point
+// outside it), or an empty string when `p` is valid: the message is built only on failure, so checking 65,536
+// channels allocates nothing.
+inline std::string params_defect(const quant_params& p) {
   if (!(p.scale > 0.0) || !std::isfinite(p.scale)) {
-    fail(function, argument, "has scale " + std::to_string(p.scale) + "; it must be finite and > 0");
+    return "has scale " + std::to_string(p.scale) + "; it must be finite and > 0";
   }
   if (p.quant_min >= p.quant_max || static_cast<std::int64_t>(p.quant_max) - p.quant_min > 65535) {
-    fail(function, argument,
-         "has code range [" + std::to_string(p.quant_min) + ", " + std::to_string(p.quant_max) +
-             "]; it must be non-empty and at most 16 bits wide");
+    return "has code range [" + std::to_string(p.quant_min) + ", " + std::to_string(p.quant_max) +
+           "]; it must be non-empty and at most 16 bits wide";
   }
   if (p.zero_point < p.quant_min || p.zero_point > p.quant_max) {
-    fail(function, argument,
-         "has zero_point " + std::to_string(p.zero_point) + " outside its code range [" + std::to_string(p.quant_min) +
-             ", " + std::to_string(p.quant_max) + "]");
+    return "has zero_point " + std::to_string(p.zero_point) + " outside its code range [" +
+           std::to_string(p.quant_min) + ", " + std::to_string(p.quant_max) + "]";
+  }
+  return {};
+}
+
+inline void check_params(std::string_view function, std::string_view argument, const quant_params& p) {
+  if (const std::string defect = params_defect(p); !defect.empty()) fail(function, argument, defect);
+}
+
+// check_params for each entry of `list`, named `argument[i]`; the name is built only for the entry that fails.
+inline void check_each_params(std::string_view function, std::string_view argument,
+                              std::span<const quant_params> list) {
+  for (std::size_t i = 0; i < list.size(); ++i) {
+    if (const std::string defect = params_defect(list[i]); !defect.empty()) {
+      fail(function, std::string(argument) + "[" + std::to_string(i) + "]", defect);
+    }
   }
 }
 
@@ -250,9 +266,7 @@ inline void check_channels(std::string_view function, std::span<const quant_para
          "has " + std::to_string(channels) + " entries, which must be positive and divide the rows (" +
              std::to_string(rows) + ")");
   }
-  for (std::size_t c = 0; c < params.size(); ++c) {
-    check_params(function, "params[" + std::to_string(c) + "]", params[c]);
-  }
+  check_each_params(function, "params", params);
 }
 
 // Runs row_op(row, params) with each row's parameters: uniform_params per row along the row axis,

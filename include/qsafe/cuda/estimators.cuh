@@ -121,11 +121,9 @@ template <cuda_element T>
 std::vector<double> quantization_losses(const cuda_t& policy, matrix_view<const T> x,
                                         std::span<const quant_params> candidates) {
   detail::check_non_empty("quantization_losses", x);
+  detail::check_each_params("quantization_losses", "candidates", candidates);
   std::vector<detail::lane_params<float>> lanes;
-  for (std::size_t k = 0; k < candidates.size(); ++k) {
-    detail::check_params("quantization_losses", "candidates[" + std::to_string(k) + "]", candidates[k]);
-    lanes.push_back(detail::to_lanes<float>(candidates[k]));
-  }
+  for (const quant_params& c : candidates) lanes.push_back(detail::to_lanes<float>(c));
   if (lanes.empty()) return {};
   return detail::cuda::squared_errors("quantization_losses", policy, x,
                                       std::span<const detail::lane_params<float>>(lanes));
