@@ -12,6 +12,7 @@
 #include "qsafe/matrix_view.hpp"
 #include "qsafe/metrics.hpp"
 #include "qsafe/moments.hpp"
+#include "qsafe/newton_schulz.hpp"
 #include "qsafe/quant.hpp"
 #include "qsafe/softmax.hpp"
 #include "qsafe/softmax_variant.hpp"

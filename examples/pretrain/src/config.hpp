@@ -53,6 +53,10 @@ struct model_config {
   double gate_prior = 0.25;  // the gate bias starts at logit(prior)
   double norm_eps = 1e-5;
   softmax_spec softmax;
+  // Outlier-safe pretraining options (REFERENCE §4, docs/pretraining.md "OSP"):
+  std::string norm = "layernorm";  // layernorm | rmsnorm (a gain per channel) | ssnorm (one scalar gain per norm)
+  bool embed_proj = false;         // learnable C×C projections after the token lookup and before the output head
+  bool tied_head = true;           // the output head is the token embedding (false: its own V×C matrix)
 
   int head_dim() const { return hidden / heads; }
   bool is_bert() const { return arch == architecture::bert; }
@@ -145,6 +149,8 @@ inline void validate(const model_config& c) {
        "seq_len (" + std::to_string(c.seq_len) + ") exceeds max_positions (" + std::to_string(c.max_positions) + ")");
   need(c.gate_hidden >= 0, "gate_hidden must be >= 0");
   need(c.gate_prior > 0 && c.gate_prior < 1, "gate_prior must be in (0, 1)");
+  need(c.norm == "layernorm" || c.norm == "rmsnorm" || c.norm == "ssnorm",
+       "norm must be layernorm, rmsnorm or ssnorm, got '" + c.norm + "'");
   try {
     std::visit([](const auto& v) { v.validate("softmax"); }, make_variant(c.softmax));
   } catch (const std::invalid_argument& e) {
@@ -165,6 +171,9 @@ inline nlohmann::json to_json(const model_config& c) {
           {"gate_hidden", c.gate_hidden},
           {"gate_prior", c.gate_prior},
           {"norm_eps", c.norm_eps},
+          {"norm", c.norm},
+          {"embed_proj", c.embed_proj},
+          {"tied_head", c.tied_head},
           {"softmax",
            {{"kind", c.softmax.kind}, {"zeta", c.softmax.zeta}, {"gamma", c.softmax.gamma}, {"beta", c.softmax.beta}}}};
 }
@@ -185,6 +194,9 @@ inline model_config config_from_json(const nlohmann::json& j) {
   c.gate_hidden = j.at("gate_hidden").get<int>();
   c.gate_prior = j.at("gate_prior").get<double>();
   c.norm_eps = j.at("norm_eps").get<double>();
+  c.norm = j.value("norm", std::string("layernorm"));  // checkpoints from before issue 7 lack the three
+  c.embed_proj = j.value("embed_proj", false);
+  c.tied_head = j.value("tied_head", true);
   const auto& s = j.at("softmax");
   c.softmax = {s.at("kind").get<std::string>(), s.at("zeta").get<double>(), s.at("gamma").get<double>(),
                s.at("beta").get<double>()};

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <functional>
 #include <map>
 #include <memory>
@@ -52,7 +53,9 @@ struct accuracy_counter {
     for (std::int32_t t : b.targets)
       if (t >= 0) targets.push_back(t);
     if (static_cast<index_t>(targets.size()) != z.rows) throw std::logic_error("accuracy: rows != targets");
-    row_matrix<float> logits = as_matrix(z.data, z.rows, C, z.row_stride) * as_matrix(w.wte, V, C).transpose();
+    if (net.config().embed_proj) throw std::logic_error("accuracy: merge the embedding projections first");
+    row_matrix<float> logits =
+        as_matrix(z.data, z.rows, C, z.row_stride) * as_matrix(net.head_weight(), V, C).transpose();
     for (index_t m = 0; m < z.rows; ++m) {
       index_t best = 0;
       for (index_t v = 1; v < V; ++v) {
@@ -112,8 +115,8 @@ const char* stats_module(site s, bool bert) {
 }
 
 struct stats_accumulator {
-  double inf_norm = 0, kurtosis = 0;
-  std::int64_t sequences = 0;
+  double inf_norm = 0, kurtosis = 0, osp_excess_kurtosis = 0;
+  std::int64_t sequences = 0, tokens = 0;
   std::vector<double> dim_max_abs;
 };
 
@@ -205,20 +208,29 @@ void quantized_embedding(const model<float>& net, const std::vector<float>& qwte
 // names of the weight quantizers are appended to `fired`.
 std::vector<float> quantize_weights(model<float>& net, const eval_options& o, std::vector<std::string>& fired) {
   auto params = net.parameters();
+  // Per tensor, or per output channel (each row of a [out, in] matrix; vectors such as norm gains stay per tensor).
   auto quantize = [&](const std::string& name, view_t w) {
-    qsafe::quant_params p;
+    const bool per_channel = o.weight_per_channel && w.rows > 1;
+    const qsafe::channel_layout layout =
+        per_channel ? qsafe::channel_layout{qsafe::channel_axis::row, w.rows} : qsafe::channel_layout{};
+    std::vector<qsafe::quant_params> p;
     if (o.weight_estimator == "min-max") {
-      qsafe::min_max_estimator<float> est;
+      qsafe::min_max_estimator<float> est(layout);
       est.observe(qsafe::simd, const_view_t(w));
-      p = est.qparams(o.weight_bits, qsafe::quant_mode::symmetric);
+      p = est.channel_qparams(o.weight_bits, qsafe::quant_mode::symmetric);
     } else if (o.weight_estimator == "mse") {
-      qsafe::mse_estimator<float> est(o.weight_bits, qsafe::quant_mode::symmetric);
+      qsafe::mse_estimator<float> est(o.weight_bits, qsafe::quant_mode::symmetric, layout);
       qsafe::calibrate(qsafe::simd, est, const_view_t(w));
-      p = est.qparams(o.weight_bits, qsafe::quant_mode::symmetric);
+      p = est.channel_qparams(o.weight_bits, qsafe::quant_mode::symmetric);
     } else {
       throw user_error("unknown weight estimator '" + o.weight_estimator + "' (min-max, mse)");
     }
-    qsafe::fake_quantize(qsafe::simd, const_view_t(w), p, w);
+    if (per_channel) {
+      qsafe::fake_quantize(qsafe::simd, const_view_t(w), std::span<const qsafe::quant_params>(p),
+                           qsafe::channel_axis::row, w);
+    } else {
+      qsafe::fake_quantize(qsafe::simd, const_view_t(w), p.front(), w);
+    }
     fired.push_back(name);
   };
   std::vector<float> qwte;
@@ -244,6 +256,31 @@ std::vector<float> quantize_weights(model<float>& net, const eval_options& o, st
 }
 
 }  // namespace
+
+std::string quant_format::name() const {
+  return fmt::format("W{}A{}{}", weight_bits, activation_bits, weight_per_channel ? " per-channel" : "");
+}
+
+quant_format parse_format(const std::string& text, bool per_channel_default) {
+  quant_format f;
+  f.weight_per_channel = per_channel_default;
+  std::string body = text;
+  for (const auto& [suffix, channel] : {std::pair{"-channel", true}, std::pair{"-tensor", false}}) {
+    if (body.ends_with(suffix)) {
+      body.resize(body.size() - std::string(suffix).size());
+      f.weight_per_channel = channel;
+    }
+  }
+  int consumed = 0;
+  if (std::sscanf(body.c_str(), "%*1[wW]%d%*1[aA]%d%n", &f.weight_bits, &f.activation_bits, &consumed) != 2 ||
+      consumed != static_cast<int>(body.size())) {
+    throw user_error("bad format '" + text + "' (e.g. w8a8, w4a8, w4a4-channel)");
+  }
+  if (f.weight_bits < 2 || f.weight_bits > 16 || f.activation_bits < 2 || f.activation_bits > 16) {
+    throw user_error("format '" + text + "': bit widths must be in [2, 16]");
+  }
+  return f;
+}
 
 eval_options resolved(eval_options o, const model_config& c) {
   const bool bert = c.is_bert();
@@ -302,6 +339,8 @@ lm_result evaluate_fp(model<float>& net, const token_data& data, const eval_opti
       a.kurtosis += m.kurtosis();
       ++a.sequences;
     }
+    a.osp_excess_kurtosis += qsafe::osp_excess_kurtosis(qsafe::simd, const_view_t(x)) * static_cast<double>(x.rows);
+    a.tokens += x.rows;
     for (index_t r = 0; r < x.rows; ++r)
       for (index_t d = 0; d < x.cols; ++d) {
         double& mx = a.dim_max_abs[static_cast<std::size_t>(d)];
@@ -311,13 +350,19 @@ lm_result evaluate_fp(model<float>& net, const token_data& data, const eval_opti
   lm_result r = run_stream(net, data.validation, data, T, o.sequences, o.batch, o.seed, current, &accuracy);
   if (stats != nullptr) {
     *stats = {};
-    double kurtosis_sum = 0;
+    double kurtosis_sum = 0, osp_sum = 0;
+    int outputs = 0;
     for (auto& [key, a] : acc) {
       module_stats m;
       m.module = key.first;
       m.layer = key.second;
       m.inf_norm = a.inf_norm / static_cast<double>(a.sequences);
       m.kurtosis = a.kurtosis / static_cast<double>(a.sequences);
+      m.osp_excess_kurtosis = a.osp_excess_kurtosis / static_cast<double>(a.tokens);
+      if (m.module == "output") {
+        osp_sum += m.osp_excess_kurtosis;
+        ++outputs;
+      }
       m.dim_max_abs = a.dim_max_abs;
       std::vector<double> sorted = a.dim_max_abs;
       std::nth_element(sorted.begin(), sorted.begin() + static_cast<std::ptrdiff_t>(sorted.size() / 2), sorted.end());
@@ -336,6 +381,7 @@ lm_result evaluate_fp(model<float>& net, const token_data& data, const eval_opti
       return std::tie(a.layer, a.module) < std::tie(b.layer, b.module);
     });
     stats->avg_kurtosis = stats->modules.empty() ? 0.0 : kurtosis_sum / static_cast<double>(stats->modules.size());
+    stats->osp_excess_kurtosis = outputs > 0 ? osp_sum / outputs : 0.0;
   }
   return r;
 }
@@ -346,6 +392,9 @@ quant_result evaluate_quantized(model<float>& net, const token_data& data, const
   const model_config& c = net.config();
   const bool bert = c.is_bert();
   const index_t T = c.seq_len;
+  if (c.embed_proj) {
+    throw user_error("the quantized evaluation needs the embedding projections merged (merge_embedding_projection)");
+  }
 
   // weights, restored on every exit
   struct restore {
@@ -426,10 +475,18 @@ nlohmann::json to_json(const lm_result& r) {
 }  // namespace
 
 nlohmann::json evaluate_checkpoint(const std::filesystem::path& checkpoint, const token_data& data,
-                                   const eval_options& options, const evaluation_parts& parts, bool verbose) {
-  const model_config c = checkpoint_config(checkpoint);
-  model<float> net(c);
-  const std::int64_t step = load_checkpoint(checkpoint, net, nullptr, nullptr);
+                                   const eval_options& options, const evaluation_parts& parts, bool verbose,
+                                   const std::vector<quant_format>& formats) {
+  const model_config trained = checkpoint_config(checkpoint);
+  auto loaded = std::make_unique<model<float>>(trained);
+  const std::int64_t step = load_checkpoint(checkpoint, *loaded, nullptr, nullptr);
+  if (trained.embed_proj) {  // fold R1, R2 into the token table and the head: the model users deploy
+    auto merged = std::make_unique<model<float>>(merged_config(trained));
+    merge_embedding_projection(*loaded, *merged);
+    loaded = std::move(merged);
+  }
+  model<float>& net = *loaded;
+  const model_config c = net.config();
   const eval_options o = resolved(options, c);
   const auto t0 = std::chrono::steady_clock::now();
   auto log = [&](const std::string& what) {
@@ -437,7 +494,11 @@ nlohmann::json evaluate_checkpoint(const std::filesystem::path& checkpoint, cons
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     fmt::print(stderr, "[{:6.1f}s] {} step {}: {}\n", s, checkpoint.string(), step, what);
   };
-  nlohmann::json j = {{"checkpoint", checkpoint.string()}, {"step", step}, {"config", pretrain::to_json(c)}};
+  // the config as trained (the report labels runs by it); "merged" says the evaluation ran the merged model
+  nlohmann::json j = {{"checkpoint", checkpoint.string()},
+                      {"step", step},
+                      {"config", pretrain::to_json(trained)},
+                      {"merged", trained.embed_proj}};
   if (parts.fp || parts.stats) {
     stats_result stats;
     const lm_result fp = evaluate_fp(net, data, o, parts.stats ? &stats : nullptr);
@@ -455,31 +516,48 @@ nlohmann::json evaluate_checkpoint(const std::filesystem::path& checkpoint, cons
                            {"inf_norm", m.inf_norm},
                            {"kurtosis", m.kurtosis},
                            {"median_dim_max_abs", sorted[sorted.size() / 2]},
+                           {"osp_excess_kurtosis", m.osp_excess_kurtosis},
                            {"outlier_dims", top}});
       }
       j["stats"] = {{"max_inf_norm", stats.max_inf_norm},
                     {"avg_kurtosis", stats.avg_kurtosis},
+                    {"osp_excess_kurtosis", stats.osp_excess_kurtosis},
                     {"definition",
                      "Pearson kurtosis and inf-norm per sequence over T*d values, averaged over "
                      "sequences; max / mean over modules (REFERENCE 3)"},
                     {"modules", modules}};
-      log(fmt::format("max inf-norm {:.2f}, avg kurtosis {:.2f}", stats.max_inf_norm, stats.avg_kurtosis));
+      log(fmt::format("max inf-norm {:.2f}, avg kurtosis {:.2f}, OSP excess kurtosis {:.3f}", stats.max_inf_norm,
+                      stats.avg_kurtosis, stats.osp_excess_kurtosis));
     }
   }
   if (parts.quantized) {
-    const quant_result q = evaluate_quantized(net, data, o);
+    std::vector<quant_format> list = formats;
+    if (list.empty()) list.push_back({o.weight_bits, o.activation_bits, o.weight_per_channel});
     const std::vector<std::string> listed = quantized_tensors(c);
-    j["quantized"] = to_json(q.lm);
-    j["quantized"].update({{"weight_bits", o.weight_bits},
-                           {"activation_bits", o.activation_bits},
-                           {"weight_estimator", o.weight_estimator},
-                           {"activation_estimator", o.activation_estimator},
-                           {"calibration", fmt::format("{} batches of {} {} sequences", o.calibration_batches,
-                                                       o.calibration_batch, o.calibration_split)},
-                           {"fired", q.fired.size()},
-                           {"listed", listed.size()}});
-    log(fmt::format("W{}A{} loss {:.4f} ppl {:.3f} ({} of {} quantizers fired)", o.weight_bits, o.activation_bits,
-                    q.lm.loss, q.lm.perplexity, q.fired.size(), listed.size()));
+    nlohmann::json all = nlohmann::json::array();
+    for (const quant_format& f : list) {
+      eval_options fo = o;
+      fo.weight_bits = f.weight_bits;
+      fo.activation_bits = f.activation_bits;
+      fo.weight_per_channel = f.weight_per_channel;
+      const quant_result q = evaluate_quantized(net, data, fo);
+      nlohmann::json r = to_json(q.lm);
+      r.update({{"format", f.name()},
+                {"weight_bits", f.weight_bits},
+                {"activation_bits", f.activation_bits},
+                {"weight_granularity", f.weight_per_channel ? "channel" : "tensor"},
+                {"weight_estimator", o.weight_estimator},
+                {"activation_estimator", o.activation_estimator},
+                {"calibration", fmt::format("{} batches of {} {} sequences", o.calibration_batches, o.calibration_batch,
+                                            o.calibration_split)},
+                {"fired", q.fired.size()},
+                {"listed", listed.size()}});
+      log(fmt::format("{} loss {:.4f} ppl {:.3f} ({} of {} quantizers fired)", f.name(), q.lm.loss, q.lm.perplexity,
+                      q.fired.size(), listed.size()));
+      all.push_back(r);
+    }
+    j["quantized"] = all.front();
+    j["formats"] = all;
   }
   if (parts.lengths) {
     nlohmann::json lengths = nlohmann::json::array();

@@ -4,7 +4,9 @@
 // seed), outlier statistics of the layer outputs, the strict W8A8 quantized evaluation (every listed weight and
 // activation, per tensor, static activation ranges from calibration, the output head in FP) and the
 // sequence-length study. Everything goes through the model's hook points and qsafe's quantizers, estimators and
-// statistics; the model's weights are fake-quantized in place and restored afterwards.
+// statistics; the model's weights are fake-quantized in place and restored afterwards. Weight / activation bit
+// widths are a list of formats (W8A8, W4A8, W4A4, ...), weights per tensor (the papers) or per output channel.
+// A model trained with embedding projections is evaluated after `merge_embedding_projection` (issue 7).
 
 #include <cstdint>
 #include <filesystem>
@@ -25,6 +27,7 @@ struct eval_options {
 
   // quantization (REFERENCE §2 "strict setting"); empty estimator names mean the paper's choice for the arch
   int weight_bits = 8, activation_bits = 8;
+  bool weight_per_channel = false;   // symmetric per output channel (rows of [out, in]) instead of per tensor
   std::string weight_estimator;      // min-max (BERT) | mse (OPT)
   std::string activation_estimator;  // running-min-max (BERT) | percentile (OPT)
   double percentile = 99.999, momentum = 0.9;
@@ -40,6 +43,15 @@ struct eval_options {
   double outlier_factor = 6.0;
 };
 
+/// One quantized evaluation's bit widths and weight granularity; written `w4a8` or `w4a8-channel`.
+struct quant_format {
+  int weight_bits = 8, activation_bits = 8;
+  bool weight_per_channel = false;
+  std::string name() const;
+};
+/// Parses `w<bits>a<bits>[-channel|-tensor]`; without a suffix the granularity is `per_channel_default`.
+quant_format parse_format(const std::string& text, bool per_channel_default);
+
 /// Paper defaults filled in for the model's architecture (estimators, calibration).
 eval_options resolved(eval_options o, const model_config& c);
 
@@ -54,14 +66,16 @@ struct module_stats {
   std::string module;  // output | ffn | attention | norm1 | norm2
   int layer = 0;
   double inf_norm = 0, kurtosis = 0;
+  double osp_excess_kurtosis = 0;   // OSP's per-token excess kurtosis (REFERENCE §3), averaged over all tokens
   std::vector<double> dim_max_abs;  // per hidden dimension: max |x| over all validation tokens
   std::vector<int> outlier_dims;    // dims with max |x| > outlier_factor · median dim's max |x|, largest first
 };
 
 struct stats_result {
   std::vector<module_stats> modules;
-  double max_inf_norm = 0;  // max over modules of the sequence-averaged ∞-norms
-  double avg_kurtosis = 0;  // mean over modules of the sequence-averaged kurtosis
+  double max_inf_norm = 0;         // max over modules of the sequence-averaged ∞-norms
+  double avg_kurtosis = 0;         // mean over modules of the sequence-averaged kurtosis
+  double osp_excess_kurtosis = 0;  // mean over the layer outputs (hidden states) of OSP's per-token excess kurtosis
 };
 
 struct quant_result {
@@ -91,8 +105,11 @@ struct evaluation_parts {
   bool fp = true, stats = true, quantized = true, lengths = true;
 };
 
-/// Loads a checkpoint and runs the asked parts; the result as JSON (the report's input).
+/// Loads a checkpoint (merging its embedding projections, if any) and runs the asked parts, the quantized
+/// evaluation once per format (`formats` empty: the one format of `o`); the result as JSON (the report's input):
+/// "quantized" is the first format's result, "formats" all of them.
 nlohmann::json evaluate_checkpoint(const std::filesystem::path& checkpoint, const token_data& data,
-                                   const eval_options& o, const evaluation_parts& parts, bool verbose);
+                                   const eval_options& o, const evaluation_parts& parts, bool verbose,
+                                   const std::vector<quant_format>& formats = {});
 
 }  // namespace pretrain

@@ -2,6 +2,8 @@
 //
 //   qsafe-pretrain prepare [--source /usr/share/dictd/gcide.dict.dz] [--out data/gcide.txt]
 //   qsafe-pretrain train --preset tiny-opt --corpus data/gcide.txt --softmax ncs --out runs/tiny-opt-ncs
+//   qsafe-pretrain train --preset tiny-opt --optimizer muon --norm ssnorm --embed-proj --out runs/tiny-opt-osp
+//   qsafe-pretrain merge --checkpoint runs/tiny-opt-osp/checkpoint.safetensors --out merged.safetensors
 
 #include <unistd.h>
 
@@ -52,7 +54,9 @@ int main(int argc, char** argv) {
   double alpha = nan, zeta = nan, gamma = nan, beta = nan, lr = nan, wd = nan, beta1 = nan, beta2 = nan, eps = nan;
   double clip = 1.0, val_fraction = 0.01;
   int vocab_size = 4096, threads = 0, seq_len = 0, layers = 0, hidden = 0, heads = 0;
-  bool gated = false, overwrite = false, progress = false, no_progress = false;
+  bool gated = false, overwrite = false, progress = false, no_progress = false, embed_proj = false, untied = false;
+  std::string norm = "layernorm";
+  double norm_eps = nan;
   train_options o;
   trainc
       ->add_option("--preset", preset_name,
@@ -71,6 +75,16 @@ int main(int argc, char** argv) {
   trainc->add_option("--gamma", gamma, "CS gamma (overrides alpha)");
   trainc->add_option("--beta", beta, "NCS beta (default: BERT from alpha, OPT 0.9)");
   trainc->add_flag("--gated", gated, "gated attention (REFERENCE §4)");
+  trainc->add_option("--norm", norm, "layernorm | rmsnorm | ssnorm (single-scale RMSNorm, OSP)")->capture_default_str();
+  trainc->add_option("--norm-eps", norm_eps, "norm epsilon (default BERT 1e-12; OPT 1e-5 LayerNorm, 1e-6 RMSNorms)");
+  trainc->add_flag("--embed-proj", embed_proj,
+                   "OSP's learnable CxC projections after the token lookup and before the output head (implies "
+                   "--untied-head; `merge` folds them away)");
+  trainc->add_flag("--untied-head", untied, "an output head of its own instead of the token embedding");
+  trainc->add_option("--optimizer", o.optimizer, "adamw | muon (Muon on hidden matrices, AdamW on the rest)")
+      ->capture_default_str();
+  trainc->add_option("--muon-momentum", o.muon_momentum, "Muon's Nesterov momentum")->capture_default_str();
+  trainc->add_option("--ns-steps", o.muon_ns_steps, "Muon's Newton-Schulz steps")->capture_default_str();
   trainc->add_option("--seq-len", seq_len, "override the preset's sequence length T");
   trainc->add_option("--layers", layers, "override the preset's layer count");
   trainc->add_option("--hidden", hidden, "override the preset's hidden size (ffn = 4x)");
@@ -99,8 +113,8 @@ int main(int argc, char** argv) {
 
   // evaluate / report (issue 6; docs/evaluation.md) ----------------------------------------------------------------
   auto* evalc = app.add_subcommand("evaluate",
-                                   "FP and quantized (W8A8) perplexity, outlier statistics and the sequence-length "
-                                   "study of a checkpoint; JSON for `report`");
+                                   "FP and quantized (W8A8, W4A8, W4A4, ...) perplexity, outlier statistics and the "
+                                   "sequence-length study of a checkpoint; JSON for `report`");
   std::string checkpoint, eval_out;
   eval_options eo;
   bool no_stats = false, no_quantized = false, no_lengths = false;
@@ -119,6 +133,18 @@ int main(int argc, char** argv) {
   evalc->add_option("--seed", eo.seed, "masking seed for BERT's validation")->capture_default_str();
   evalc->add_option("--weight-bits", eo.weight_bits, "weight bits (W8A8: 8, W4A8: 4)")->capture_default_str();
   evalc->add_option("--activation-bits", eo.activation_bits, "activation bits")->capture_default_str();
+  std::vector<std::string> format_names;
+  std::string granularity = "tensor";
+  evalc
+      ->add_option("--formats", format_names,
+                   "quantized formats to evaluate, e.g. w8a8,w4a8,w4a4,w4a8-channel (default: --weight-bits / "
+                   "--activation-bits)")
+      ->delimiter(',');
+  evalc
+      ->add_option("--weight-granularity", granularity,
+                   "tensor | channel: weights per tensor (the papers) or per output channel (formats without a "
+                   "-tensor / -channel suffix)")
+      ->capture_default_str();
   evalc->add_option("--weight-estimator", eo.weight_estimator, "min-max | mse (default: BERT min-max, OPT mse)");
   evalc->add_option("--activation-estimator", eo.activation_estimator,
                     "running-min-max | percentile | min-max (default: BERT running-min-max, OPT percentile)");
@@ -134,6 +160,13 @@ int main(int argc, char** argv) {
   evalc->add_flag("--no-quantized", no_quantized, "skip the quantized evaluation");
   evalc->add_flag("--no-lengths", no_lengths, "skip the sequence-length study");
   evalc->add_option("--threads", threads, "OpenMP / Eigen threads (0: all cores)")->capture_default_str();
+
+  auto* mergec = app.add_subcommand("merge",
+                                    "Fold a checkpoint's embedding projections into the token table and the output "
+                                    "head (same outputs, no projections; no optimizer state)");
+  std::string merge_in, merge_out;
+  mergec->add_option("--checkpoint", merge_in, "checkpoint.safetensors trained with --embed-proj")->required();
+  mergec->add_option("--out", merge_out, "the merged checkpoint to write")->required();
 
   auto* reportc = app.add_subcommand("report", "Markdown table (like the NCS paper's Table 1) and gnuplot PNGs");
   report_options ro;
@@ -161,6 +194,18 @@ int main(int argc, char** argv) {
 #if defined(_OPENMP)
     if (threads > 0) omp_set_num_threads(threads);
 #endif
+    if (*mergec) {
+      const model_config c = checkpoint_config(merge_in);
+      model<float> net(c);
+      const std::int64_t step = load_checkpoint(merge_in, net, nullptr, nullptr);
+      model<float> merged(merged_config(c));
+      merge_embedding_projection(net, merged);
+      const optimizer no_state;  // a merged model is for evaluation: no optimizer state
+      save_checkpoint(merge_out, merged, no_state, o, step);
+      fmt::print(stderr, "merged {} -> {} ({} -> {} parameters)\n", merge_in, merge_out, net.num_parameters(),
+                 merged.num_parameters());
+      return 0;
+    }
     if (*reportc) {
       ro.out = report_out;
       ro.plots = !no_plots;
@@ -183,8 +228,14 @@ int main(int argc, char** argv) {
                         "corpus and --vocab-size the model was trained with",
                         data.vocab, stored.vocab));
       }
+      if (granularity != "tensor" && granularity != "channel") {
+        throw user_error("--weight-granularity must be tensor or channel, got '" + granularity + "'");
+      }
+      eo.weight_per_channel = granularity == "channel";
+      std::vector<quant_format> formats;
+      for (const std::string& f : format_names) formats.push_back(parse_format(f, eo.weight_per_channel));
       const nlohmann::json j =
-          evaluate_checkpoint(checkpoint, data, eo, {true, !no_stats, !no_quantized, !no_lengths}, true);
+          evaluate_checkpoint(checkpoint, data, eo, {true, !no_stats, !no_quantized, !no_lengths}, true, formats);
       if (!eval_out.empty()) write_atomically(eval_out, j.dump(1) + "\n");
       return 0;
     }
@@ -200,6 +251,22 @@ int main(int argc, char** argv) {
     }
     if (bert && c.gate_hidden > 0) c.gate_hidden = std::max(1, c.head_dim() / 4);
     c.gated = gated;
+    c.norm = norm;
+    c.embed_proj = embed_proj;
+    c.tied_head = !(untied || embed_proj);
+    if (!std::isnan(norm_eps)) {
+      c.norm_eps = norm_eps;
+    } else if (!bert && norm != "layernorm") {
+      c.norm_eps = 1e-6;  // OSP's RMSNorm epsilon (REFERENCE §4)
+    }
+    {
+      model_config checked = c;
+      checked.vocab = 1;  // the vocabulary comes from the data later; check the rest before preparing it
+      validate(checked);
+    }
+    if (o.optimizer != "adamw" && o.optimizer != "muon") {
+      throw user_error("--optimizer must be adamw or muon, got '" + o.optimizer + "'");
+    }
     c.softmax = resolve_softmax(softmax, c.arch, c.seq_len, alpha, zeta, gamma, beta);
     if (bert && c.seq_len < 3) throw user_error("BERT needs a sequence length of at least 3 ([CLS] x [SEP])");
 
@@ -231,8 +298,11 @@ int main(int argc, char** argv) {
                  unigram_baseline(data.train, data.validation, shown.vocab));
     }
     const train_result r = train(o, data, &interrupted);
-    fmt::print(stderr, "done: step {}, validation loss {:.4f} (ppl {:.2f}), {:.0f} tokens/s\n", r.step,
-               r.validation_loss, std::exp(r.validation_loss), r.tokens_per_second);
+    fmt::print(stderr,
+               "done: step {}, validation loss {:.4f} (ppl {:.2f}), {:.0f} tokens/s, {:.1f} ms/step of which the "
+               "{} update {:.1f} ms\n",
+               r.step, r.validation_loss, std::exp(r.validation_loss), r.tokens_per_second, 1e3 * r.seconds_per_step,
+               o.optimizer, 1e3 * r.optimizer_seconds_per_step);
     return r.interrupted ? 130 : 0;
   } catch (const user_error& e) {
     fmt::print(stderr, "qsafe-pretrain: error: {}\n", e.what());

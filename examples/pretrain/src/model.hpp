@@ -8,11 +8,20 @@
 //   OPT:  n1 = LN1(x_l); a = Attn(n1); r1 = x_l + a; n2 = LN2(r1); x_{l+1} = r1 + FC2(relu(FC1(n2)))
 //   BERT: a = Attn(x_l); r1 = x_l + a; n1 = LN1(r1); r2 = n1 + FC2(gelu(FC1(n1))); x_{l+1} = LN2(r2)
 //   Attn(u) = Proj(gate ⊙ softmax_variant(q kᵀ / √hs) v),  q | k | v = QKV(u), gate = 1 unless gated (§4)
-// Head on the M rows that have a target: OPT z = LNf(x_L); BERT z = LN(gelu(Dense(x_L))); logits = z · wteᵀ (+ b).
+// Head on the M rows that have a target: OPT z = LNf(x_L); BERT z = LN(gelu(Dense(x_L))); logits = z · Hᵀ (+ b)
+// with H = wte (tied) or the head's own V×C matrix.
+//
+// Outlier-safe pretraining options (REFERENCE §4): every norm ("LN" above) is LayerNorm, RMSNorm or single-scale
+// RMSNorm (`config.norm`); with `embed_proj` the token lookup is followed by e = wte[token] · R1ᵀ (before the
+// positions are added) and the head by u = z · R2ᵀ, logits = u · Hᵀ (+ b). `merge_embedding_projection` folds
+// R1 and R2 into wte and H after training (wte' = wte · R1ᵀ, H' = H · R2), leaving an untied model that computes
+// the same logits.
 //
 // Hook points: every activation REFERENCE §2 lists passes through `hook` once, in forward order, as a row-major
 // matrix the hook may read or modify in place (a fake-quantizer, an observer, a statistics collector).
 
+#include <Eigen/QR>
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <functional>
@@ -69,7 +78,9 @@ class model {
     std::string name;
     std::vector<index_t> shape;
     index_t offset = 0, size = 0;
-    bool decay = false;  // weight decay applies to matrices only
+    bool decay = false;          // weight decay applies to matrices only
+    bool hidden_matrix = false;  // a linear layer's weight inside the network (Muon's domain; not embeddings/head)
+    index_t blocks = 1;          // row blocks that are separate linear layers (the fused QKV: q, k, v)
   };
   struct layer_params {
     T *qkv_w, *qkv_b, *proj_w, *proj_b, *gate_w1, *gate_b1, *gate_w2, *gate_b2;
@@ -79,6 +90,8 @@ class model {
     T *wte, *wpe, *emb_norm_w, *emb_norm_b;      // emb_norm: BERT
     T *final_norm_w, *final_norm_b;              // OPT's final LN, BERT's head LN
     T *head_dense_w, *head_dense_b, *head_bias;  // BERT
+    T *emb_proj, *head_proj;                     // embed_proj: R1 after the token lookup, R2 before the head
+    T* head_w;                                   // the untied output head (V, C); null when tied
     std::vector<layer_params> layers;
   };
 
@@ -99,8 +112,11 @@ class model {
   const std::vector<tensor_info>& tensors() const { return table_; }
   index_t num_parameters() const { return table_.empty() ? 0 : table_.back().offset + table_.back().size; }
   std::span<T> parameters() { return params_; }
+  std::span<const T> parameters() const { return params_; }
   std::span<T> gradients() { return grads_; }
   const param_set& weights() const { return p_; }
+  /// The output head's matrix H (V, C): the token embedding when tied.
+  const T* head_weight() const { return config_.tied_head ? p_.wte : p_.head_w; }
   hook_function<T> hook;  ///< called on every listed activation in the forward (may be empty)
 
   /// Initialization as BERT/OPT: N(0, std) matrices, zero biases, unit norm gains, gate bias logit(prior).
@@ -112,6 +128,15 @@ class model {
       const bool gain = t.name.find("norm") != std::string::npos && t.name.ends_with(".weight");
       for (index_t i = 0; i < t.size; ++i) {
         p[i] = t.decay ? static_cast<T>(normal(rng)) : T(gain ? 1 : 0);
+      }
+      if (t.name.ends_with(".proj.weight")) {  // R1, R2: orthogonal (REFERENCE §4), Q of a Gaussian's QR
+        const index_t C = t.shape[0];
+        Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic> g(C, C);
+        for (index_t i = 0; i < C * C; ++i) g.data()[i] = normal(rng);
+        const Eigen::HouseholderQR<decltype(g)> qr(g);
+        Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic> q = qr.householderQ();
+        for (index_t r = 0; r < C; ++r)
+          for (index_t c = 0; c < C; ++c) p[r * C + c] = static_cast<T>(q(r, c));
       }
     }
     const T prior = static_cast<T>(std::log(config_.gate_prior / (1 - config_.gate_prior)));
@@ -136,11 +161,16 @@ class model {
     const bool bert = config_.is_bert();
 
     // embeddings
-    ops::embedding_forward(emb_.data(), tokens_.data(), p_.wte, p_.wpe, B, Tn, C);
+    if (config_.embed_proj) {
+      ops::token_lookup_forward(emb_tok_.data(), tokens_.data(), p_.wte, N, C);
+      ops::matmul_forward(emb_.data(), emb_tok_.data(), p_.emb_proj, nullptr, N, C, C);
+      ops::position_add_forward(emb_.data(), p_.wpe, B, Tn, C);
+    } else {
+      ops::embedding_forward(emb_.data(), tokens_.data(), p_.wte, p_.wpe, B, Tn, C);
+    }
     call_hook(site::embedding_sum, -1, emb_.data(), N, C);
     if (bert) {
-      ops::layernorm_forward(x(0), emb_mean_.data(), emb_rstd_.data(), emb_.data(), p_.emb_norm_w, p_.emb_norm_b, N, C,
-                             config_.norm_eps);
+      norm_forward(x(0), emb_mean_.data(), emb_rstd_.data(), emb_.data(), p_.emb_norm_w, p_.emb_norm_b, N);
       call_hook(site::embedding_norm, -1, x(0), N, C);
     } else {
       std::copy(emb_.begin(), emb_.end(), x(0));
@@ -150,8 +180,7 @@ class model {
       const layer_params& w = p_.layers[l];
       layer_acts& a = acts_[l];
       if (!bert) {
-        ops::layernorm_forward(a.norm1.data(), a.norm1_mean.data(), a.norm1_rstd.data(), x(l), w.norm1_w, w.norm1_b, N,
-                               C, config_.norm_eps);
+        norm_forward(a.norm1.data(), a.norm1_mean.data(), a.norm1_rstd.data(), x(l), w.norm1_w, w.norm1_b, N);
         call_hook(site::norm1, l, a.norm1.data(), N, C);
       }
       const T* attn_in = bert ? x(l) : a.norm1.data();
@@ -160,13 +189,13 @@ class model {
       call_hook(site::residual1, l, a.residual1.data(), N, C);
       const T* ffn_in;
       if (bert) {
-        ops::layernorm_forward(a.norm1.data(), a.norm1_mean.data(), a.norm1_rstd.data(), a.residual1.data(), w.norm1_w,
-                               w.norm1_b, N, C, config_.norm_eps);
+        norm_forward(a.norm1.data(), a.norm1_mean.data(), a.norm1_rstd.data(), a.residual1.data(), w.norm1_w, w.norm1_b,
+                     N);
         call_hook(site::norm1, l, a.norm1.data(), N, C);
         ffn_in = a.norm1.data();
       } else {
-        ops::layernorm_forward(a.norm2.data(), a.norm2_mean.data(), a.norm2_rstd.data(), a.residual1.data(), w.norm2_w,
-                               w.norm2_b, N, C, config_.norm_eps);
+        norm_forward(a.norm2.data(), a.norm2_mean.data(), a.norm2_rstd.data(), a.residual1.data(), w.norm2_w, w.norm2_b,
+                     N);
         call_hook(site::norm2, l, a.norm2.data(), N, C);
         ffn_in = a.norm2.data();
       }
@@ -182,8 +211,7 @@ class model {
       if (bert) {
         ops::residual_forward(a.residual2.data(), a.norm1.data(), a.fc2_out.data(), N * C);
         call_hook(site::residual2, l, a.residual2.data(), N, C);
-        ops::layernorm_forward(x(l + 1), a.norm2_mean.data(), a.norm2_rstd.data(), a.residual2.data(), w.norm2_w,
-                               w.norm2_b, N, C, config_.norm_eps);
+        norm_forward(x(l + 1), a.norm2_mean.data(), a.norm2_rstd.data(), a.residual2.data(), w.norm2_w, w.norm2_b, N);
         call_hook(site::norm2, l, x(l + 1), N, C);
       } else {
         ops::residual_forward(x(l + 1), a.residual1.data(), a.fc2_out.data(), N * C);
@@ -217,10 +245,15 @@ class model {
       ops::gelu_forward(head_act_.data(), head_dense_.data(), M * C);
       norm_in = head_act_.data();
     }
-    ops::layernorm_forward(head_z_.data(), head_mean_.data(), head_rstd_.data(), norm_in, p_.final_norm_w,
-                           p_.final_norm_b, M, C, config_.norm_eps);
+    norm_forward(head_z_.data(), head_mean_.data(), head_rstd_.data(), norm_in, p_.final_norm_w, p_.final_norm_b, M);
     call_hook(site::final_norm, -1, head_z_.data(), M, C);
-    ops::matmul_forward(logits_.data(), head_z_.data(), p_.wte, bert ? p_.head_bias : nullptr, M, C, V);
+    const T* head_in = head_z_.data();
+    if (config_.embed_proj) {
+      head_u_.resize(head_z_.size());
+      ops::matmul_forward(head_u_.data(), head_z_.data(), p_.head_proj, nullptr, M, C, C);
+      head_in = head_u_.data();
+    }
+    ops::matmul_forward(logits_.data(), head_in, head_weight(), bert ? p_.head_bias : nullptr, M, C, V);
     const double total = ops::crossentropy_forward(logits_.data(), head_targets_.data(), M, V);
     return M > 0 ? total / static_cast<double>(M) : 0.0;
   }
@@ -238,11 +271,19 @@ class model {
       // head: logits -> probs -> dlogits in place
       ops::crossentropy_backward(logits_.data(), head_targets_.data(), M, V, T(1) / static_cast<T>(M));
       std::vector<T> dz(static_cast<std::size_t>(M * C), T(0)), dnorm_in(dz.size(), T(0));
-      ops::matmul_backward(dz.data(), g_.wte, bert ? g_.head_bias : nullptr, logits_.data(), head_z_.data(), p_.wte, M,
-                           C, V);
+      T* dhead = config_.tied_head ? g_.wte : g_.head_w;
+      if (config_.embed_proj) {
+        std::vector<T> du(dz.size(), T(0));
+        ops::matmul_backward(du.data(), dhead, bert ? g_.head_bias : nullptr, logits_.data(), head_u_.data(),
+                             head_weight(), M, C, V);
+        ops::matmul_backward(dz.data(), g_.head_proj, nullptr, du.data(), head_z_.data(), p_.head_proj, M, C, C);
+      } else {
+        ops::matmul_backward(dz.data(), dhead, bert ? g_.head_bias : nullptr, logits_.data(), head_z_.data(),
+                             head_weight(), M, C, V);
+      }
       const T* norm_in = bert ? head_act_.data() : head_in_.data();
-      ops::layernorm_backward(dnorm_in.data(), g_.final_norm_w, g_.final_norm_b, dz.data(), norm_in, p_.final_norm_w,
-                              head_mean_.data(), head_rstd_.data(), M, C);
+      norm_backward(dnorm_in.data(), g_.final_norm_w, g_.final_norm_b, dz.data(), norm_in, p_.final_norm_w,
+                    head_mean_.data(), head_rstd_.data(), M);
       std::vector<T> dhead_in(dz.size(), T(0));
       if (bert) {
         std::vector<T> ddense(dz.size(), T(0));
@@ -272,11 +313,18 @@ class model {
     const T* demb = dres_.data();
     if (bert) {
       std::fill(dtmp1_.begin(), dtmp1_.end(), T(0));
-      ops::layernorm_backward(dtmp1_.data(), g_.emb_norm_w, g_.emb_norm_b, dres_.data(), emb_.data(), p_.emb_norm_w,
-                              emb_mean_.data(), emb_rstd_.data(), N, C);
+      norm_backward(dtmp1_.data(), g_.emb_norm_w, g_.emb_norm_b, dres_.data(), emb_.data(), p_.emb_norm_w,
+                    emb_mean_.data(), emb_rstd_.data(), N);
       demb = dtmp1_.data();
     }
-    ops::embedding_backward(g_.wte, g_.wpe, demb, tokens_.data(), B, Tn, C);
+    if (config_.embed_proj) {
+      ops::position_add_backward(g_.wpe, demb, B, Tn, C);
+      std::fill(dtmp2_.begin(), dtmp2_.end(), T(0));
+      ops::matmul_backward(dtmp2_.data(), g_.emb_proj, nullptr, demb, emb_tok_.data(), p_.emb_proj, N, C, C);
+      ops::token_lookup_backward(g_.wte, dtmp2_.data(), tokens_.data(), N, C);
+    } else {
+      ops::embedding_backward(g_.wte, g_.wpe, demb, tokens_.data(), B, Tn, C);
+    }
   }
 
   /// The activations of layer l from the last forward (for statistics): its output (N, C).
@@ -297,29 +345,33 @@ class model {
     const index_t V = config_.vocab, P = config_.max_positions, C = config_.hidden, F = config_.ffn;
     const index_t NH = config_.heads, hs = config_.head_dim(), G = config_.gate_hidden;
     index_t off = 0;
-    auto add = [&](T*& ptr, const std::string& name, std::vector<index_t> shape) {
+    auto add = [&](T*& ptr, const std::string& name, std::vector<index_t> shape, bool hidden = false,
+                   index_t blocks = 1) {
       index_t n = 1;
       for (index_t s : shape) n *= s;
       ptr = base != nullptr ? base + off : nullptr;
-      if (table != nullptr) table->push_back({name, shape, off, n, shape.size() >= 2});
+      if (table != nullptr) table->push_back({name, shape, off, n, shape.size() >= 2, hidden, blocks});
       off += n;
+    };
+    // LayerNorm: gain and bias per channel; RMSNorm: gain per channel; single-scale RMSNorm: one gain
+    auto add_norm = [&](T*& w, T*& b, const std::string& name) {
+      add(w, name + ".weight", {config_.norm == "ssnorm" ? 1 : C});
+      if (config_.norm == "layernorm") add(b, name + ".bias", {C});
     };
     T* unused = nullptr;
     ps = param_set{};
     add(ps.wte, "embed.tokens.weight", {V, C});
     add(ps.wpe, "embed.positions.weight", {P, C});
-    if (config_.is_bert()) {
-      add(ps.emb_norm_w, "embed.norm.weight", {C});
-      add(ps.emb_norm_b, "embed.norm.bias", {C});
-    }
+    if (config_.embed_proj) add(ps.emb_proj, "embed.proj.weight", {C, C}, true);
+    if (config_.is_bert()) add_norm(ps.emb_norm_w, ps.emb_norm_b, "embed.norm");
     ps.layers.resize(static_cast<std::size_t>(config_.layers));
     for (int l = 0; l < config_.layers; ++l) {
       layer_params& w = ps.layers[static_cast<std::size_t>(l)];
       w = layer_params{};
       const std::string p = "layers." + std::to_string(l) + ".";
-      add(w.qkv_w, p + "attn.qkv.weight", {3 * C, C});
+      add(w.qkv_w, p + "attn.qkv.weight", {3 * C, C}, true, 3);
       add(w.qkv_b, p + "attn.qkv.bias", {3 * C});
-      add(w.proj_w, p + "attn.out.weight", {C, C});
+      add(w.proj_w, p + "attn.out.weight", {C, C}, true);
       add(w.proj_b, p + "attn.out.bias", {C});
       if (config_.gated) {
         if (G == 0) {
@@ -332,25 +384,23 @@ class model {
           add(w.gate_b2, p + "attn.gate.fc2.bias", {NH});
         }
       }
-      add(w.norm1_w, p + "norm1.weight", {C});
-      add(w.norm1_b, p + "norm1.bias", {C});
-      add(w.fc1_w, p + "mlp.fc1.weight", {F, C});
+      add_norm(w.norm1_w, w.norm1_b, p + "norm1");
+      add(w.fc1_w, p + "mlp.fc1.weight", {F, C}, true);
       add(w.fc1_b, p + "mlp.fc1.bias", {F});
-      add(w.fc2_w, p + "mlp.fc2.weight", {C, F});
+      add(w.fc2_w, p + "mlp.fc2.weight", {C, F}, true);
       add(w.fc2_b, p + "mlp.fc2.bias", {C});
-      add(w.norm2_w, p + "norm2.weight", {C});
-      add(w.norm2_b, p + "norm2.bias", {C});
+      add_norm(w.norm2_w, w.norm2_b, p + "norm2");
     }
     if (config_.is_bert()) {
-      add(ps.head_dense_w, "head.dense.weight", {C, C});
+      add(ps.head_dense_w, "head.dense.weight", {C, C}, true);
       add(ps.head_dense_b, "head.dense.bias", {C});
-      add(ps.final_norm_w, "head.norm.weight", {C});
-      add(ps.final_norm_b, "head.norm.bias", {C});
+      add_norm(ps.final_norm_w, ps.final_norm_b, "head.norm");
       add(ps.head_bias, "head.bias", {V});
     } else {
-      add(ps.final_norm_w, "final_norm.weight", {C});
-      add(ps.final_norm_b, "final_norm.bias", {C});
+      add_norm(ps.final_norm_w, ps.final_norm_b, "final_norm");
     }
+    if (config_.embed_proj) add(ps.head_proj, "head.proj.weight", {C, C}, true);
+    if (!config_.tied_head) add(ps.head_w, "head.weight", {V, C});
     (void)unused;
   }
 
@@ -377,6 +427,7 @@ class model {
     const auto NH = static_cast<std::size_t>(config_.heads), F = static_cast<std::size_t>(config_.ffn);
     const auto G = static_cast<std::size_t>(config_.gate_hidden), TT = static_cast<std::size_t>(Tn * Tn);
     emb_.assign(N * C, T(0));
+    emb_tok_.assign(config_.embed_proj ? N * C : 0, T(0));
     emb_mean_.assign(N, T(0));
     emb_rstd_.assign(N, T(0));
     acts_x_.assign((static_cast<std::size_t>(config_.layers) + 1) * N * C, T(0));
@@ -400,6 +451,23 @@ class model {
     dqkv_.assign(N * 3 * C, T(0));
     dfc1_act_.assign(N * F, T(0));
     dfc1_pre_.assign(N * F, T(0));
+  }
+
+  // The configured norm (LayerNorm saves mean and rstd; the RMSNorms rstd only; b is null for them).
+  void norm_forward(T* out, T* mean, T* rstd, const T* inp, const T* w, const T* b, index_t N) {
+    if (config_.norm == "layernorm") {
+      ops::layernorm_forward(out, mean, rstd, inp, w, b, N, config_.hidden, config_.norm_eps);
+    } else {
+      ops::rmsnorm_forward(out, rstd, inp, w, N, config_.hidden, config_.norm_eps, config_.norm == "ssnorm");
+    }
+  }
+  void norm_backward(T* dinp, T* dw, T* db, const T* dout, const T* inp, const T* w, const T* mean, const T* rstd,
+                     index_t N) {
+    if (config_.norm == "layernorm") {
+      ops::layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, N, config_.hidden);
+    } else {
+      ops::rmsnorm_backward(dinp, dw, dout, inp, w, rstd, N, config_.hidden, config_.norm == "ssnorm");
+    }
   }
 
   T* x(int l) {
@@ -469,13 +537,13 @@ class model {
     std::fill(dtmp1_.begin(), dtmp1_.end(), T(0));  // d n2
     ops::matmul_backward(dtmp1_.data(), gw.fc1_w, gw.fc1_b, dfc1_pre_.data(), a.norm2.data(), w.fc1_w, N, C, F);
     // dres_ is now d r1 (the residual path) += through LN2
-    ops::layernorm_backward(dres_.data(), gw.norm2_w, gw.norm2_b, dtmp1_.data(), a.residual1.data(), w.norm2_w,
-                            a.norm2_mean.data(), a.norm2_rstd.data(), N, C);
+    norm_backward(dres_.data(), gw.norm2_w, gw.norm2_b, dtmp1_.data(), a.residual1.data(), w.norm2_w,
+                  a.norm2_mean.data(), a.norm2_rstd.data(), N);
     // r1 = x_l + attn(n1): d x_l = d r1 + LN1ᵀ(attnᵀ(d r1))
     std::fill(dtmp2_.begin(), dtmp2_.end(), T(0));  // d n1
     attention_backward(l, a.norm1.data(), dres_.data(), dtmp2_.data());
-    ops::layernorm_backward(dres_.data(), gw.norm1_w, gw.norm1_b, dtmp2_.data(), x(l), w.norm1_w, a.norm1_mean.data(),
-                            a.norm1_rstd.data(), N, C);
+    norm_backward(dres_.data(), gw.norm1_w, gw.norm1_b, dtmp2_.data(), x(l), w.norm1_w, a.norm1_mean.data(),
+                  a.norm1_rstd.data(), N);
   }
 
   void bert_layer_backward(int l) {
@@ -485,8 +553,8 @@ class model {
     layer_acts& a = acts_[static_cast<std::size_t>(l)];
     // x_{l+1} = LN2(r2)
     std::fill(dtmp1_.begin(), dtmp1_.end(), T(0));  // d r2
-    ops::layernorm_backward(dtmp1_.data(), gw.norm2_w, gw.norm2_b, dres_.data(), a.residual2.data(), w.norm2_w,
-                            a.norm2_mean.data(), a.norm2_rstd.data(), N, C);
+    norm_backward(dtmp1_.data(), gw.norm2_w, gw.norm2_b, dres_.data(), a.residual2.data(), w.norm2_w,
+                  a.norm2_mean.data(), a.norm2_rstd.data(), N);
     // r2 = n1 + fc2(gelu(fc1(n1)))
     std::copy(dtmp1_.begin(), dtmp1_.end(), dtmp2_.begin());  // d n1 (residual path)
     std::fill(dfc1_act_.begin(), dfc1_act_.end(), T(0));
@@ -496,8 +564,8 @@ class model {
     ops::matmul_backward(dtmp2_.data(), gw.fc1_w, gw.fc1_b, dfc1_pre_.data(), a.norm1.data(), w.fc1_w, N, C, F);
     // n1 = LN1(r1)
     std::fill(dres_.begin(), dres_.end(), T(0));  // d r1
-    ops::layernorm_backward(dres_.data(), gw.norm1_w, gw.norm1_b, dtmp2_.data(), a.residual1.data(), w.norm1_w,
-                            a.norm1_mean.data(), a.norm1_rstd.data(), N, C);
+    norm_backward(dres_.data(), gw.norm1_w, gw.norm1_b, dtmp2_.data(), a.residual1.data(), w.norm1_w,
+                  a.norm1_mean.data(), a.norm1_rstd.data(), N);
     // r1 = x_l + attn(x_l): d x_l = d r1 + attnᵀ(d r1)
     std::copy(dres_.begin(), dres_.end(), dtmp1_.begin());
     attention_backward(l, x(l), dtmp1_.data(), dres_.data());
@@ -514,8 +582,41 @@ class model {
   attention_mask mask_;
   std::vector<T> emb_, emb_mean_, emb_rstd_, acts_x_, scores_;
   std::vector<layer_acts> acts_;
-  std::vector<T> head_in_, head_dense_, head_act_, head_z_, head_mean_, head_rstd_, logits_;
+  std::vector<T> emb_tok_;  // embed_proj: the token rows before R1
+  std::vector<T> head_in_, head_dense_, head_act_, head_z_, head_u_, head_mean_, head_rstd_, logits_;
   std::vector<T> dres_, dtmp1_, dtmp2_, dctx_, dctx_raw_, dqkv_, dfc1_act_, dfc1_pre_, datt_;
 };
+
+/// The config of a model after `merge_embedding_projection`: no projections, an untied head.
+inline model_config merged_config(model_config c) {
+  c.embed_proj = false;
+  c.tied_head = false;
+  return c;
+}
+
+/// Folds the embedding projections of `src` (config.embed_proj) into its neighbours (REFERENCE §4): `dst` (built
+/// with `merged_config(src.config())`) gets wte' = wte · R1ᵀ, head' = H · R2 (H = wte when `src` is tied) and every
+/// other tensor as is, so it computes the same logits up to rounding, with two C×C products fewer per token.
+template <class T, template <class> class Ops>
+void merge_embedding_projection(const model<T, Ops>& src, model<T, Ops>& dst) {
+  if (!src.config().embed_proj) throw user_error("merge: the model has no embedding projection");
+  if (to_json(dst.config()) != to_json(merged_config(src.config()))) {
+    throw std::invalid_argument("merge_embedding_projection: dst must be built with merged_config(src.config())");
+  }
+  const index_t V = src.config().vocab, C = src.config().hidden;
+  const auto& w = src.weights();
+  for (const auto& t : dst.tensors()) {
+    T* out = dst.parameters().data() + t.offset;
+    if (t.name == "embed.tokens.weight") {
+      as_matrix(out, V, C).noalias() = as_matrix(w.wte, V, C) * as_matrix(w.emb_proj, C, C).transpose();
+    } else if (t.name == "head.weight") {
+      as_matrix(out, V, C).noalias() = as_matrix(src.head_weight(), V, C) * as_matrix(w.head_proj, C, C);
+    } else {
+      const auto& from =
+          *std::find_if(src.tensors().begin(), src.tensors().end(), [&](const auto& s) { return s.name == t.name; });
+      std::copy_n(src.parameters().data() + from.offset, t.size, out);
+    }
+  }
+}
 
 }  // namespace pretrain

@@ -150,6 +150,72 @@ struct host_ops {
   }
 
   // ---------------------------------------------------------------------------------------------------------------
+  // RMSNorm over C: out (N, C) = inp · rstd · g, rstd = 1/√(mean(inp²) + eps); saves rstd (N). The gain g is per
+  // channel (C values) or, for OSP's single-scale RMSNorm (REFERENCE §4), one scalar for all channels.
+  static void rmsnorm_forward(T* out, T* rstd, const T* inp, const T* g, index_t N, index_t C, double eps,
+                              bool single_scale) {
+#pragma omp parallel for schedule(static)
+    for (index_t i = 0; i < N; ++i) {
+      const T* x = inp + i * C;
+      T ms = 0;
+      for (index_t c = 0; c < C; ++c) ms += x[c] * x[c];
+      const T s = T(1) / std::sqrt(ms / T(C) + T(eps));
+      T* o = out + i * C;
+      for (index_t c = 0; c < C; ++c) o[c] = x[c] * s * g[single_scale ? 0 : c];
+      rstd[i] = s;
+    }
+  }
+  // n = x·s: dx += s·(dn − n·mean(dn·n)) with dn = g ⊙ dout; dg += Σ n ⊙ dout (summed over channels too when
+  // single_scale).
+  static void rmsnorm_backward(T* dinp, T* dg, const T* dout, const T* inp, const T* g, const T* rstd, index_t N,
+                               index_t C, bool single_scale) {
+    for (index_t i = 0; i < N; ++i) {
+      const T* d = dout + i * C;
+      const T* x = inp + i * C;
+      T* dx = dinp + i * C;
+      const T s = rstd[i];
+      T dn_n_mean = 0;
+      for (index_t c = 0; c < C; ++c) dn_n_mean += g[single_scale ? 0 : c] * d[c] * x[c] * s;
+      dn_n_mean /= T(C);
+      T dg_row = 0;
+      for (index_t c = 0; c < C; ++c) {
+        const T n = x[c] * s;
+        dx[c] += (g[single_scale ? 0 : c] * d[c] - n * dn_n_mean) * s;
+        if (single_scale) {
+          dg_row += n * d[c];
+        } else {
+          dg[c] += n * d[c];
+        }
+      }
+      if (single_scale) dg[0] += dg_row;
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------------------------
+  // token lookup alone (for the embedding projection, which sits between it and the position add):
+  // out (N, C) = wte[tokens]; backward dwte[tokens] += dout
+  static void token_lookup_forward(T* out, const std::int32_t* tokens, const T* wte, index_t N, index_t C) {
+    for (index_t i = 0; i < N; ++i) std::copy_n(wte + tokens[i] * C, C, out + i * C);
+  }
+  static void token_lookup_backward(T* dwte, const T* dout, const std::int32_t* tokens, index_t N, index_t C) {
+    for (index_t i = 0; i < N; ++i) {
+      T* de = dwte + tokens[i] * C;
+      for (index_t c = 0; c < C; ++c) de[c] += dout[i * C + c];
+    }
+  }
+  // out (B, T, C) += wpe[t]; backward dwpe[t] += dout
+  static void position_add_forward(T* out, const T* wpe, index_t B, index_t Tn, index_t C) {
+    for (index_t b = 0; b < B; ++b)
+      for (index_t t = 0; t < Tn; ++t)
+        for (index_t c = 0; c < C; ++c) out[(b * Tn + t) * C + c] += wpe[t * C + c];
+  }
+  static void position_add_backward(T* dwpe, const T* dout, index_t B, index_t Tn, index_t C) {
+    for (index_t b = 0; b < B; ++b)
+      for (index_t t = 0; t < Tn; ++t)
+        for (index_t c = 0; c < C; ++c) dwpe[t * C + c] += dout[(b * Tn + t) * C + c];
+  }
+
+  // ---------------------------------------------------------------------------------------------------------------
   // element-wise activations: out (n) = f(inp); backward ACCUMULATES dinp += f'(inp) · dout
   static void gelu_forward(T* out, const T* inp, index_t n) {  // exact GELU (erf), as BERT
 #pragma omp parallel for schedule(static)

@@ -24,6 +24,7 @@ struct run_data {
   std::vector<std::pair<std::int64_t, double>> train_loss;  // (step, loss)
   std::vector<json> evals;                                  // sorted by step
   json final;                                               // the table row's evaluation
+  std::string optimizer = "adamw";                          // from metrics.jsonl's start event
 };
 
 bool complete(const json& e) {
@@ -40,6 +41,9 @@ run_data read_run(const fs::path& dir) {
     const json j = json::parse(line, nullptr, false);
     if (!j.is_discarded() && j.value("event", "") == "train") {
       r.train_loss.emplace_back(j.at("step").get<std::int64_t>(), j.at("loss").get<double>());
+    }
+    if (!j.is_discarded() && j.value("event", "") == "start" && j.contains("training")) {
+      r.optimizer = j.at("training").value("optimizer", "adamw");
     }
   }
   std::sort(r.train_loss.begin(), r.train_loss.end());  // a resumed run appends; keep one value per step
@@ -80,6 +84,17 @@ std::string softmax_label(const json& config) {
   return kind;
 }
 
+// How the run was trained: optimizer, norm, embedding projection, head (issue 7's options).
+std::string recipe(const run_data& r) {
+  const json& c = r.final.at("config");
+  std::string s = r.optimizer == "muon" ? "Muon" : "AdamW";
+  const std::string norm = c.value("norm", "layernorm");
+  s += norm == "ssnorm" ? ", SSNorm" : norm == "rmsnorm" ? ", RMSNorm" : ", LN";
+  if (c.value("embed_proj", false)) s += ", EmbProj";
+  if (!c.value("tied_head", true) && !c.value("embed_proj", false)) s += ", untied";
+  return s;
+}
+
 double gap_percent(const json& e) {
   return 100.0 * (e.at("quantized").at("perplexity").get<double>() / e.at("fp").at("perplexity").get<double>() - 1.0);
 }
@@ -106,25 +121,30 @@ report_result write_report(const report_options& options) {
   md << "# Quantizability report\n\n";
   md << fmt::format(
       "Like the NCS paper's Table 1: FP perplexity, max ∞-norm and average kurtosis of the layer outputs (per "
-      "sequence over T·d values, averaged over the validation sequences; max / mean over modules, REFERENCE §3), "
-      "and the perplexity with every listed weight and activation quantized ({}, per tensor, static ranges; "
-      "docs/evaluation.md).\n\n",
+      "sequence over T·d values, averaged over the validation sequences; max / mean over modules, REFERENCE §3; "
+      "its excess is kurtosis − 3), OSP's excess kurtosis (per token over the hidden dimension, uncentred, "
+      "clipped at 0, averaged over the tokens of every layer output), and the perplexity with every listed weight "
+      "and activation quantized ({}, static ranges; docs/evaluation.md).\n\n",
       wa);
   const bool any_bert = std::any_of(runs.begin(), runs.end(),
                                     [](const run_data& r) { return r.final.at("config").at("arch") == "bert"; });
-  md << "| run | model | softmax | step | FP ppl | max ∞-norm | avg kurtosis | " << wa << " ppl | gap |"
-     << (any_bert ? " FP acc | " + wa + " acc |" : "") << " quantizers |\n";
-  md << "|---|---|---|---|---|---|---|---|---|" << (any_bert ? "---|---|" : "") << "---|\n";
+  md << "| run | model | softmax | recipe | step | FP ppl | max ∞-norm | avg kurtosis | excess (κ − 3) | OSP excess "
+        "κ | "
+     << wa << " ppl | gap |" << (any_bert ? " FP acc | " + wa + " acc |" : "") << " quantizers |\n";
+  md << "|---|---|---|---|---|---|---|---|---|---|---|---|" << (any_bert ? "---|---|" : "") << "---|\n";
   for (const run_data& r : runs) {
     const json& e = r.final;
     const json& c = e.at("config");
     const json& q = e.at("quantized");
-    md << fmt::format("| {} | {} {}L/{}/{} | {} | {} | {} | {} | {} | {} | {:+.3f}% |", r.name,
-                      c.at("arch").get<std::string>() == "bert" ? "BERT" : "OPT", c.at("layers").get<int>(),
-                      c.at("hidden").get<int>(), c.at("heads").get<int>(), softmax_label(c),
-                      e.at("step").get<std::int64_t>(), number(e.at("fp").at("perplexity")),
-                      number(e.at("stats").at("max_inf_norm"), "{:.1f}"),
-                      number(e.at("stats").at("avg_kurtosis"), "{:.1f}"), number(q.at("perplexity")), gap_percent(e));
+    const json& st = e.at("stats");
+    md << fmt::format(
+        "| {} | {} {}L/{}/{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:+.3f}% |", r.name,
+        c.at("arch").get<std::string>() == "bert" ? "BERT" : "OPT", c.at("layers").get<int>(),
+        c.at("hidden").get<int>(), c.at("heads").get<int>(), softmax_label(c), recipe(r),
+        e.at("step").get<std::int64_t>(), number(e.at("fp").at("perplexity")), number(st.at("max_inf_norm"), "{:.1f}"),
+        number(st.at("avg_kurtosis"), "{:.1f}"),
+        st.at("avg_kurtosis").is_number() ? number(st.at("avg_kurtosis").get<double>() - 3, "{:.2f}") : "–",
+        number(st.value("osp_excess_kurtosis", json()), "{:.3f}"), number(q.at("perplexity")), gap_percent(e));
     if (any_bert) {
       md << fmt::format(" {} | {} |", number(e.at("fp").at("accuracy"), "{:.4f}"), number(q.at("accuracy"), "{:.4f}"));
     }
@@ -134,6 +154,36 @@ report_result write_report(const report_options& options) {
   md << fmt::format("\nQuantizers: weights {}, activations {}, calibration {}.\n",
                     q0.at("weight_estimator").get<std::string>(), q0.at("activation_estimator").get<std::string>(),
                     q0.at("calibration").get<std::string>());
+
+  // every quantized format of the final evaluations (W8A8, W4A8, W4A4, per tensor / per channel)
+  std::vector<std::string> formats;
+  for (const run_data& r : runs)
+    for (const json& f : r.final.value("formats", json::array()))
+      if (std::find(formats.begin(), formats.end(), f.at("format").get<std::string>()) == formats.end())
+        formats.push_back(f.at("format").get<std::string>());
+  if (formats.size() > 1) {
+    md << "\n## Quantized formats\n\nPerplexity (and its gap to FP) with weights and activations quantized at "
+          "each format; weights per tensor unless marked per-channel (symmetric, one scale per output row).\n\n"
+          "| run | FP ppl |";
+    for (const std::string& f : formats) md << " " << f << " |";
+    md << "\n|---|---|";
+    for (std::size_t i = 0; i < formats.size(); ++i) md << "---|";
+    md << "\n";
+    for (const run_data& r : runs) {
+      const double fp = r.final.at("fp").at("perplexity").get<double>();
+      md << "| " << r.name << " | " << number(r.final.at("fp").at("perplexity")) << " |";
+      for (const std::string& name : formats) {
+        std::string cell = "–";
+        for (const json& f : r.final.value("formats", json::array())) {
+          if (f.at("format") != name) continue;
+          const double ppl = f.at("perplexity").get<double>();
+          cell = fmt::format("{} ({:+.1f}%)", number(f.at("perplexity")), 100.0 * (ppl / fp - 1.0));
+        }
+        md << " " << cell << " |";
+      }
+      md << "\n";
+    }
+  }
 
   // sequence-length study
   if (std::any_of(runs.begin(), runs.end(), [](const run_data& r) { return r.final.contains("lengths"); })) {

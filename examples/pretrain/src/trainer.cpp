@@ -9,36 +9,88 @@
 
 #include "checkpoint.hpp"
 #include "fmt/core.h"
+#include "qsafe/newton_schulz.hpp"
 
 namespace pretrain {
 
-void adamw::init(const model<float>& net) {
-  const auto n = static_cast<std::size_t>(net.num_parameters());
-  m.assign(n, 0.0f);
-  v.assign(n, 0.0f);
-  decay.assign(n, 0);
+void optimizer::init(const model<float>& net, const std::string& k) {
+  if (k != "adamw" && k != "muon") throw user_error("unknown optimizer '" + k + "' (adamw, muon)");
+  kind = k;
+  m.assign(static_cast<std::size_t>(net.num_parameters()), 0.0f);
+  v_offset.clear();
+  index_t adam_size = 0;
   for (const auto& t : net.tensors()) {
-    std::fill_n(decay.begin() + t.offset, t.size, static_cast<std::uint8_t>(t.decay ? 1 : 0));
+    const bool muon = kind == "muon" && t.hidden_matrix;
+    v_offset.push_back(muon ? -1 : adam_size);
+    if (!muon) adam_size += t.size;
   }
+  v.assign(static_cast<std::size_t>(adam_size), 0.0f);
   t = 0;
 }
 
-void adamw::step(std::span<float> params, std::span<const float> grads, double lr, const train_options& o) {
+void optimizer::step(const model<float>& net, std::span<float> params, std::span<const float> grads, double lr,
+                     const train_options& o) {
   ++t;
+  const auto& tensors = net.tensors();
+  // AdamW tensors, element-wise: the result does not depend on the thread count
   const double c1 = 1.0 - std::pow(o.beta1, static_cast<double>(t));
   const double c2 = 1.0 - std::pow(o.beta2, static_cast<double>(t));
   const auto b1 = static_cast<float>(o.beta1), b2 = static_cast<float>(o.beta2);
   const auto step_size = static_cast<float>(lr / c1), inv_c2 = static_cast<float>(1.0 / c2);
   const auto eps = static_cast<float>(o.eps), wd = static_cast<float>(lr * o.weight_decay);
-  const auto n = static_cast<std::int64_t>(params.size());
-#pragma omp parallel for schedule(static)
-  for (std::int64_t i = 0; i < n; ++i) {  // element-wise: the result does not depend on the thread count
-    const auto k = static_cast<std::size_t>(i);
-    const float g = grads[k];
-    m[k] = b1 * m[k] + (1 - b1) * g;
-    v[k] = b2 * v[k] + (1 - b2) * g * g;
-    if (decay[k] != 0) params[k] -= wd * params[k];
-    params[k] -= step_size * m[k] / (std::sqrt(v[k] * inv_c2) + eps);
+  for (std::size_t k = 0; k < tensors.size(); ++k) {
+    if (v_offset[k] < 0) continue;
+    const auto& info = tensors[k];
+    float* p = params.data() + info.offset;
+    const float* g = grads.data() + info.offset;
+    float* mk = m.data() + info.offset;
+    float* vk = v.data() + v_offset[k];
+    const bool decay = info.decay;
+#pragma omp parallel for schedule(static) if (info.size > 16384)
+    for (index_t i = 0; i < info.size; ++i) {
+      mk[i] = b1 * mk[i] + (1 - b1) * g[i];
+      vk[i] = b2 * vk[i] + (1 - b2) * g[i] * g[i];
+      if (decay) p[i] -= wd * p[i];
+      p[i] -= step_size * mk[i] / (std::sqrt(vk[i] * inv_c2) + eps);
+    }
+  }
+  if (kind != "muon") return;
+  // Muon: one job per hidden matrix (the fused QKV is three), each on one thread in a fixed order of operations,
+  // so the result does not depend on the thread count either (Eigen's products stay single-threaded inside the
+  // parallel region).
+  struct job {
+    index_t offset, rows, cols;
+  };
+  std::vector<job> jobs;
+  for (std::size_t k = 0; k < tensors.size(); ++k) {
+    if (v_offset[k] >= 0) continue;
+    const auto& info = tensors[k];
+    const index_t rows = info.shape[0] / info.blocks, cols = info.size / info.shape[0];
+    for (index_t b = 0; b < info.blocks; ++b) jobs.push_back({info.offset + b * rows * cols, rows, cols});
+  }
+  const auto mu = static_cast<float>(o.muon_momentum);
+  const qsafe::newton_schulz_options ns{o.muon_ns_steps, qsafe::newton_schulz_quintic, 1e-8};
+  const auto n_jobs = static_cast<std::int64_t>(jobs.size());
+#pragma omp parallel for schedule(dynamic)
+  for (std::int64_t j = 0; j < n_jobs; ++j) {
+    const job& b = jobs[static_cast<std::size_t>(j)];
+    const index_t n = b.rows * b.cols;
+    float* p = params.data() + b.offset;
+    const float* g = grads.data() + b.offset;
+    float* buf = m.data() + b.offset;
+    row_matrix<float> u(b.rows, b.cols);
+    for (index_t i = 0; i < n; ++i) {
+      buf[i] = mu * buf[i] + g[i];
+      u.data()[i] = g[i] + mu * buf[i];
+    }
+    const Eigen::MatrixXf orth = qsafe::newton_schulz(u, ns);
+    const auto scale = static_cast<float>(lr * 0.2 * std::sqrt(static_cast<double>(std::max(b.rows, b.cols))));
+    const auto decay = static_cast<float>(lr * o.weight_decay);
+    for (index_t r = 0; r < b.rows; ++r)
+      for (index_t c = 0; c < b.cols; ++c) {
+        float& w = p[r * b.cols + c];
+        w -= scale * orth(r, c) + decay * w;
+      }
   }
 }
 
@@ -52,9 +104,17 @@ double learning_rate(const train_options& o, std::int64_t s) {
 namespace {
 
 nlohmann::json options_json(const train_options& o) {
-  return {{"batch", o.batch}, {"steps", o.steps}, {"warmup", o.warmup}, {"lr", o.lr},
-          {"beta1", o.beta1}, {"beta2", o.beta2}, {"eps", o.eps},       {"weight_decay", o.weight_decay},
-          {"clip", o.clip},   {"seed", o.seed}};
+  return {{"batch", o.batch},
+          {"steps", o.steps},
+          {"warmup", o.warmup},
+          {"lr", o.lr},
+          {"beta1", o.beta1},
+          {"beta2", o.beta2},
+          {"eps", o.eps},
+          {"weight_decay", o.weight_decay},
+          {"clip", o.clip},
+          {"seed", o.seed},
+          {"optimizer", o.optimizer}};
 }
 
 batch_view view_of(const batch& b) {
@@ -68,7 +128,7 @@ std::string duration(double seconds) {
 
 }  // namespace
 
-void save_checkpoint(const std::filesystem::path& path, model<float>& net, const adamw& opt, const train_options& o,
+void save_checkpoint(const std::filesystem::path& path, model<float>& net, const optimizer& opt, const train_options& o,
                      std::int64_t step) {
   std::vector<named_tensor> tensors;
   const auto params = net.parameters();
@@ -76,9 +136,14 @@ void save_checkpoint(const std::filesystem::path& path, model<float>& net, const
     tensors.push_back({t.name, t.shape, params.data() + t.offset});
   }
   if (!opt.m.empty()) {
-    for (const auto& t : net.tensors()) {
-      tensors.push_back({"optimizer.m." + t.name, t.shape, opt.m.data() + t.offset});
-      tensors.push_back({"optimizer.v." + t.name, t.shape, opt.v.data() + t.offset});
+    for (std::size_t k = 0; k < net.tensors().size(); ++k) {
+      const auto& t = net.tensors()[k];
+      if (opt.v_offset[k] < 0) {
+        tensors.push_back({"optimizer.momentum." + t.name, t.shape, opt.m.data() + t.offset});
+      } else {
+        tensors.push_back({"optimizer.m." + t.name, t.shape, opt.m.data() + t.offset});
+        tensors.push_back({"optimizer.v." + t.name, t.shape, opt.v.data() + opt.v_offset[k]});
+      }
     }
   }
   write_safetensors(path, tensors,
@@ -102,7 +167,8 @@ model_config checkpoint_config(const std::filesystem::path& path) {
   }
 }
 
-std::int64_t load_checkpoint(const std::filesystem::path& path, model<float>& net, adamw* opt, const train_options* o) {
+std::int64_t load_checkpoint(const std::filesystem::path& path, model<float>& net, optimizer* opt,
+                             const train_options* o) {
   const safetensors_file f = read_safetensors(path);
   const model_config stored = checkpoint_config(path);
   if (to_json(stored) != to_json(net.config())) {
@@ -112,9 +178,10 @@ std::int64_t load_checkpoint(const std::filesystem::path& path, model<float>& ne
   if (o != nullptr) {
     const auto training = nlohmann::json::parse(f.metadata.at("training"), nullptr, false);
     if (training.is_discarded() || training.value("batch", -1) != o->batch ||
-        training.value("seed", std::uint64_t{0}) != o->seed) {
+        training.value("seed", std::uint64_t{0}) != o->seed ||
+        training.value("optimizer", std::string("adamw")) != o->optimizer) {
       throw user_error(
-          fmt::format("checkpoint '{}' was trained with another batch size or seed ({}); an exact "
+          fmt::format("checkpoint '{}' was trained with another batch size, seed or optimizer ({}); an exact "
                       "resume needs the same",
                       path.string(), f.metadata.at("training")));
     }
@@ -129,13 +196,18 @@ std::int64_t load_checkpoint(const std::filesystem::path& path, model<float>& ne
   };
   // Everything is checked into temporaries first, so a bad file leaves the model untouched.
   std::vector<float> params(net.parameters().begin(), net.parameters().end());
-  adamw staged;
-  if (opt != nullptr) staged.init(net);
-  for (const auto& t : net.tensors()) {
+  optimizer staged;
+  if (opt != nullptr) staged.init(net, o != nullptr ? o->optimizer : opt->kind);
+  for (std::size_t k = 0; k < net.tensors().size(); ++k) {
+    const auto& t = net.tensors()[k];
     copy(t.name, t.shape, params.data() + t.offset);
     if (opt != nullptr) {
-      copy("optimizer.m." + t.name, t.shape, staged.m.data() + t.offset);
-      copy("optimizer.v." + t.name, t.shape, staged.v.data() + t.offset);
+      if (staged.v_offset[k] < 0) {
+        copy("optimizer.momentum." + t.name, t.shape, staged.m.data() + t.offset);
+      } else {
+        copy("optimizer.m." + t.name, t.shape, staged.m.data() + t.offset);
+        copy("optimizer.v." + t.name, t.shape, staged.v.data() + staged.v_offset[k]);
+      }
     }
   }
   std::int64_t step = 0;
@@ -176,8 +248,8 @@ train_result train(train_options o, const token_data& data, const std::atomic<bo
   validate(o.model);
   model<float> net(o.model);
   net.initialize(o.seed);
-  adamw opt;
-  opt.init(net);
+  optimizer opt;
+  opt.init(net, o.optimizer);
   std::int64_t start = 0;
   if (!o.resume.empty()) start = load_checkpoint(o.resume, net, &opt, &o);
   sampler train_data(data.train, o.model.arch, o.model.seq_len, data.specials, o.model.vocab, o.seed, true);
@@ -204,6 +276,7 @@ train_result train(train_options o, const token_data& data, const std::atomic<bo
           {"config", to_json(o.model)},
           {"training", options_json(o)},
           {"parameters", net.num_parameters()},
+          {"optimizer_state_bytes", opt.state_bytes()},
           {"unigram_baseline", unigram_baseline(data.train, data.validation, o.model.vocab)}});
   }
 
@@ -214,6 +287,7 @@ train_result train(train_options o, const token_data& data, const std::atomic<bo
   std::int64_t window_steps = 0, window_tokens = 0, run_tokens = 0;
   std::int64_t step = start;
   const bool tty = o.progress;
+  double optimizer_seconds = 0;
   while (step < o.steps) {
     const batch b = train_data.get(step, o.batch);
     net.zero_grad();
@@ -231,7 +305,9 @@ train_result train(train_options o, const token_data& data, const std::atomic<bo
       for (float& g : net.gradients()) g *= scale;
     }
     const double lr = learning_rate(o, step);
-    opt.step(net.parameters(), net.gradients(), lr, o);
+    const auto before_update = std::chrono::steady_clock::now();
+    opt.step(net, net.parameters(), net.gradients(), lr, o);
+    optimizer_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - before_update).count();
     ++step;
     result.train_losses.push_back(loss);
     window_loss += loss;
@@ -286,6 +362,9 @@ train_result train(train_options o, const token_data& data, const std::atomic<bo
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   result.step = step;
   result.tokens_per_second = static_cast<double>(run_tokens) / std::max(seconds, 1e-9);
+  const auto steps_run = static_cast<double>(std::max<std::int64_t>(1, step - start));
+  result.seconds_per_step = seconds / steps_run;  // includes validation passes when --eval-every is on
+  result.optimizer_seconds_per_step = optimizer_seconds / steps_run;
   if (o.eval_every <= 0 || result.validation_loss == 0) {
     result.validation_loss = evaluate(net, data, o.batch, o.eval_batches, o.seed);
   }
@@ -293,6 +372,8 @@ train_result train(train_options o, const token_data& data, const std::atomic<bo
         {"step", step},
         {"validation_loss", result.validation_loss},
         {"tokens_per_second", result.tokens_per_second},
+        {"seconds_per_step", result.seconds_per_step},
+        {"optimizer_seconds_per_step", result.optimizer_seconds_per_step},
         {"interrupted", result.interrupted}});
   return result;
 }
