@@ -32,9 +32,11 @@
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "qsafe/detail/check.hpp"
+#include "qsafe/detail/estimator_rules.hpp"
 #include "qsafe/detail/scalar/range.hpp"
 #include "qsafe/detail/scalar/select.hpp"
 #include "qsafe/detail/simd/range.hpp"
@@ -275,31 +277,11 @@ std::vector<double> percentiles(const Policy& policy, matrix_view<const T> x, st
   for (const double q : p) {
     if (!(q >= 0.0 && q <= 100.0)) detail::fail("percentiles", "p", "must be in [0, 100], got " + std::to_string(q));
   }
-  const index_t n = x.size();
-  std::vector<index_t> ranks;
-  std::vector<double> h;
-  for (const double q : p) {
-    h.push_back(static_cast<double>(n - 1) * (q / 100.0));
-    const auto k = static_cast<index_t>(std::floor(h.back()));
-    ranks.push_back(k);
-    ranks.push_back(std::min(k + 1, n - 1));
-  }
-  std::vector<index_t> sorted = ranks;
-  std::sort(sorted.begin(), sorted.end());
-  sorted.erase(std::unique(sorted.begin(), sorted.end()), sorted.end());
-  const detail::selection<T> sel = detail::select_ranks(policy, x, std::span<const index_t>(sorted));
-  if (sel.non_finite > 0) detail::fail_non_finite("percentiles", x);
-  auto value_at = [&](index_t k) {
-    return static_cast<double>(
-        sel.values[static_cast<std::size_t>(std::lower_bound(sorted.begin(), sorted.end(), k) - sorted.begin())]);
-  };
-  std::vector<double> out;
-  for (std::size_t i = 0; i < p.size(); ++i) {
-    const double below = value_at(ranks[2 * i]), above = value_at(ranks[2 * i + 1]);
-    const double frac = h[i] - std::floor(h[i]);
-    out.push_back(frac == 0.0 ? below : below + frac * (above - below));
-  }
-  return out;
+  return detail::percentiles_by_selection(x.size(), p, [&](std::span<const index_t> ranks) {
+    detail::selection<T> sel = detail::select_ranks(policy, x, ranks);
+    if (sel.non_finite > 0) detail::fail_non_finite("percentiles", x);
+    return std::move(sel.values);
+  });
 }
 
 /// One percentile; see `percentiles`.
@@ -403,12 +385,8 @@ class mse_estimator : public detail::estimator_results<T, mse_estimator<T>> {
     }
     if (pass_ == 1) {
       best_.clear();
-      for (std::size_t c = 0; c < bounds_.size(); ++c) {
-        int best = candidates_ - 1;
-        for (int k = candidates_ - 1; k >= 0; --k)
-          if (losses_[c][static_cast<std::size_t>(k)] < losses_[c][static_cast<std::size_t>(best)]) best = k;
-        best_.push_back(candidate(c, best));
-      }
+      for (std::size_t c = 0; c < bounds_.size(); ++c)
+        best_.push_back(candidate(c, detail::mse_best_candidate(losses_[c])));
       pass_ = 2;
     }
     return false;
@@ -439,10 +417,7 @@ class mse_estimator : public detail::estimator_results<T, mse_estimator<T>> {
     if (mode != mode_) detail::fail("mse_estimator::qparams", "mode", "differs from the mode the search ran for");
   }
   value_range candidate(std::size_t c, int k) const {
-    const double f = static_cast<double>(k + 1) / static_cast<double>(candidates_);
-    const double lo = mode_ == quant_mode::asymmetric ? std::min(bounds_[c].lo, 0.0) : bounds_[c].lo;
-    const double hi = mode_ == quant_mode::asymmetric ? std::max(bounds_[c].hi, 0.0) : bounds_[c].hi;
-    return {k + 1 == candidates_ ? lo : lo * f, k + 1 == candidates_ ? hi : hi * f};
+    return detail::mse_candidate(bounds_[c], mode_ == quant_mode::asymmetric, k, candidates_);
   }
 
   int bits_;

@@ -32,6 +32,7 @@
 #include <string>
 #include <vector>
 
+#include "qsafe/detail/estimator_rules.hpp"
 #include "qsafe/detail/histogram_search.hpp"
 #include "qsafe/estimators.hpp"
 #include "qsafe/histogram.hpp"
@@ -329,9 +330,8 @@ class histogram_percentile_estimator : public detail::estimator_results<T, histo
       plan.n = histogram_.total(c);
       std::int64_t gathered = 0;
       for (const double q : qs) {
-        const double h = static_cast<double>(plan.n - 1) * (q / 100.0);
-        const auto k0 = static_cast<std::int64_t>(std::floor(h));
-        for (const std::int64_t k : {k0, std::min(k0 + 1, plan.n - 1)}) {
+        const detail::percentile_rank rank = detail::rank_of_percentile(plan.n, q);
+        for (const std::int64_t k : {rank.below, rank.above}) {
           std::int64_t below = 0;
           std::int32_t b = 0;
           while (below + counts[static_cast<std::size_t>(b)] <= k) below += counts[static_cast<std::size_t>(b++)];
@@ -400,11 +400,8 @@ class histogram_percentile_estimator : public detail::estimator_results<T, histo
       const std::int64_t n = plans_[static_cast<std::size_t>(c)].n;
       double out[2];
       for (int i = 0; i < 2; ++i) {
-        const double h = static_cast<double>(n - 1) * (qs[i] / 100.0);
-        const auto k0 = static_cast<std::int64_t>(std::floor(h));
-        const double below = value_at(c, k0), above = value_at(c, std::min(k0 + 1, n - 1));
-        const double frac = h - std::floor(h);
-        out[i] = frac == 0.0 ? below : below + frac * (above - below);
+        const detail::percentile_rank rank = detail::rank_of_percentile(n, qs[i]);
+        out[i] = rank.interpolate(value_at(c, rank.below), value_at(c, rank.above));
       }
       ranges_.push_back({out[0], out[1]});
     }

@@ -31,10 +31,12 @@
 #include <cmath>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "qsafe/cuda/execution.cuh"
 #include "qsafe/detail/cuda/dispatch_stats.cuh"
+#include "qsafe/detail/estimator_rules.hpp"
 #include "qsafe/estimators.hpp"
 #include "qsafe/quant.hpp"
 #include "qsafe/stats.hpp"
@@ -79,33 +81,11 @@ std::vector<double> percentiles(const cuda_t& policy, matrix_view<const T> x, st
   for (const double q : p) {
     if (!(q >= 0.0 && q <= 100.0)) detail::fail("percentiles", "p", "must be in [0, 100], got " + std::to_string(q));
   }
-  // Ranks and interpolation: the host `percentiles`' definition (estimators.hpp), step for step.
-  const index_t n = x.size();
-  std::vector<index_t> ranks;
-  std::vector<double> h;
-  for (const double q : p) {
-    h.push_back(static_cast<double>(n - 1) * (q / 100.0));
-    const auto k = static_cast<index_t>(std::floor(h.back()));
-    ranks.push_back(k);
-    ranks.push_back(std::min(k + 1, n - 1));
-  }
-  std::vector<index_t> sorted = ranks;
-  std::sort(sorted.begin(), sorted.end());
-  sorted.erase(std::unique(sorted.begin(), sorted.end()), sorted.end());
-  const detail::cuda::selected_values sel =
-      detail::cuda::select_ranks("percentiles", policy, x, std::span<const index_t>(sorted));
-  if (sel.non_finite > 0) detail::fail_non_finite_count("percentiles", static_cast<index_t>(sel.non_finite));
-  auto value_at = [&](index_t k) {
-    return static_cast<double>(
-        sel.values[static_cast<std::size_t>(std::lower_bound(sorted.begin(), sorted.end(), k) - sorted.begin())]);
-  };
-  std::vector<double> out;
-  for (std::size_t i = 0; i < p.size(); ++i) {
-    const double below = value_at(ranks[2 * i]), above = value_at(ranks[2 * i + 1]);
-    const double frac = h[i] - std::floor(h[i]);
-    out.push_back(frac == 0.0 ? below : below + frac * (above - below));
-  }
-  return out;
+  return detail::percentiles_by_selection(x.size(), p, [&](std::span<const index_t> ranks) {
+    detail::cuda::selected_values sel = detail::cuda::select_ranks("percentiles", policy, x, ranks);
+    if (sel.non_finite > 0) detail::fail_non_finite_count("percentiles", static_cast<index_t>(sel.non_finite));
+    return std::move(sel.values);
+  });
 }
 
 /// One percentile; see `percentiles`.
@@ -143,21 +123,15 @@ mse_search_result mse_search(const cuda_t& policy, matrix_view<const T> x, int b
   detail::check_mode("mse_search", mode);
   if (candidates < 1) detail::fail("mse_search", "candidates", "must be >= 1, got " + std::to_string(candidates));
   const value_range bounds = channel_ranges(policy, x)[0];
-  // The candidates of mse_estimator::candidate (estimators.hpp).
-  const double lo = mode == quant_mode::asymmetric ? std::min(bounds.lo, 0.0) : bounds.lo;
-  const double hi = mode == quant_mode::asymmetric ? std::max(bounds.hi, 0.0) : bounds.hi;
   std::vector<value_range> ranges;
   std::vector<quant_params> params;
   for (int k = 0; k < candidates; ++k) {
-    const double f = static_cast<double>(k + 1) / static_cast<double>(candidates);
-    ranges.push_back({k + 1 == candidates ? lo : lo * f, k + 1 == candidates ? hi : hi * f});
+    ranges.push_back(detail::mse_candidate(bounds, mode == quant_mode::asymmetric, k, candidates));
     params.push_back(make_qparams<float>(ranges.back(), bits, mode));
   }
   mse_search_result out;
   out.losses = quantization_losses(policy, x, std::span<const quant_params>(params));
-  out.best = candidates - 1;
-  for (int k = candidates - 1; k >= 0; --k)
-    if (out.losses[static_cast<std::size_t>(k)] < out.losses[static_cast<std::size_t>(out.best)]) out.best = k;
+  out.best = detail::mse_best_candidate(out.losses);
   out.range = ranges[static_cast<std::size_t>(out.best)];
   return out;
 }
