@@ -5,8 +5,9 @@
 /// momentum of every 2-D hidden weight.
 ///
 /// \code
-///   Eigen::MatrixXf o = qsafe::newton_schulz(g);                        // Muon's 5 quintic steps
-///   Eigen::MatrixXd p = qsafe::newton_schulz(g, {.steps = 40, .coefficients = qsafe::newton_schulz_cubic});
+///   const Eigen::MatrixXf g = Eigen::MatrixXf::Random(128, 512);  // e.g. Muon's momentum of a 128x512 weight
+///   const Eigen::MatrixXf o = qsafe::newton_schulz(g);             // Muon's 5 quintic steps
+///   const Eigen::MatrixXf p = qsafe::newton_schulz(g, {.steps = 40, .coefficients = qsafe::newton_schulz_cubic});
 /// \endcode
 ///
 /// The iteration, on `X0 = G / (‖G‖_F + eps)` (transposed first when `G` has more rows than columns, so that

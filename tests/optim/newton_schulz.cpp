@@ -208,3 +208,16 @@ TEST_CASE("newton_schulz edge cases: the zero matrix, zero steps, and bad argume
   o.eps = -1;
   CHECK_THROWS_WITH(qsafe::newton_schulz(g, o), Catch::Contains("eps"));
 }
+
+TEST_CASE("the header's example compiles and does what it says") {
+  // include/qsafe/newton_schulz.hpp's \code block, verbatim
+  const Eigen::MatrixXf g = Eigen::MatrixXf::Random(128, 512);  // e.g. Muon's momentum of a 128x512 weight
+  const Eigen::MatrixXf o = qsafe::newton_schulz(g);            // Muon's 5 quintic steps
+  const Eigen::MatrixXf p = qsafe::newton_schulz(g, {.steps = 40, .coefficients = qsafe::newton_schulz_cubic});
+  const Eigen::VectorXf so = Eigen::JacobiSVD<Eigen::MatrixXf>(o).singularValues();
+  const Eigen::VectorXf sp = Eigen::JacobiSVD<Eigen::MatrixXf>(p).singularValues();
+  // quintic: Muon's band (a uniform 128x512 matrix is well conditioned); cubic: the polar factor to float rounding
+  CHECK(so.minCoeff() > 0.68f);
+  CHECK(so.maxCoeff() < 1.21f);
+  CHECK((sp.array() - 1).abs().maxCoeff() < 1e-4f);
+}
