@@ -8,52 +8,33 @@
 
 #include <benchmark/benchmark.h>
 
-#include <cstring>
 #include <random>
 #include <vector>
 
 #include "qsafe/histogram_estimators.hpp"
+#include "support.hpp"
 
 namespace {
 
 using qsafe::index_t;
+using qsafe::bench::set_counters;
 constexpr index_t cols = 4096;
 
 struct tensors {
   std::vector<float> x, y;
   explicit tensors(index_t n) : x(static_cast<std::size_t>(n)), y(x.size()) {
     std::mt19937 engine(42);
-    std::normal_distribution<float> normal(0.0f, 1.0f);
-    std::uniform_real_distribution<float> rare(0.0f, 1.0f);
-    // Activations with a few outliers (as bench_quant): N(0, 1) plus 1 in 10^4 values 50x larger.
-    for (auto& v : x) v = rare(engine) < 1e-4f ? 50.0f * normal(engine) : normal(engine);
+    qsafe::bench::fill_activations(x, engine);
   }
 };
 
 tensors& shared(index_t n) {
-  static tensors small(index_t{1} << 24);
-  if (n == static_cast<index_t>(small.x.size())) return small;
-  static tensors large(index_t{1} << 28);
-  return large;
-}
-
-void set_counters(benchmark::State& state, index_t n, int tensor_count) {
-  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
-  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * tensor_count *
-                          static_cast<int64_t>(sizeof(float)));
-  state.counters["ns_per_element"] =
-      benchmark::Counter(static_cast<double>(n) * static_cast<double>(state.iterations()),
-                         benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+  return qsafe::bench::shared_tensors<tensors>(n);
 }
 
 void memcpy_yardstick(benchmark::State& state) {
-  const index_t n = state.range(0);
-  auto& t = shared(n);
-  for (auto _ : state) {
-    std::memcpy(t.y.data(), t.x.data(), static_cast<std::size_t>(n) * sizeof(float));
-    benchmark::ClobberMemory();
-  }
-  set_counters(state, n, 2);
+  auto& t = shared(state.range(0));
+  qsafe::bench::memcpy_floats(state, t.x, t.y);
 }
 
 // The layouts: per tensor; per channel along columns (hidden size 768: activations [tokens, 768]); per channel
@@ -139,34 +120,37 @@ void search(benchmark::State& state, qsafe::search_criterion criterion, qsafe::q
   }
 }
 
-constexpr int64_t small = int64_t{1} << 24, large = int64_t{1} << 28;
+using qsafe::bench::large_size, qsafe::bench::small_size;
 
 }  // namespace
 
-BENCHMARK(memcpy_yardstick)->Arg(small)->Arg(large)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(memcpy_yardstick)->Arg(small_size)->Arg(large_size)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(histogram_count, tensor_simd, qsafe::simd, 0)
-    ->Arg(small)
-    ->Arg(large)
+    ->Arg(small_size)
+    ->Arg(large_size)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
-BENCHMARK_CAPTURE(histogram_count, tensor_cpu, qsafe::cpu, 0)->Arg(small)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(histogram_count, tensor_cpu, qsafe::cpu, 0)
+    ->Arg(small_size)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 BENCHMARK_CAPTURE(histogram_count, columns768_simd, qsafe::simd, 1)
-    ->Arg(small)
-    ->Arg(large)
+    ->Arg(small_size)
+    ->Arg(large_size)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 BENCHMARK_CAPTURE(histogram_count, rows1024_simd, qsafe::simd, 2)
-    ->Arg(small)
-    ->Arg(large)
+    ->Arg(small_size)
+    ->Arg(large_size)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 BENCHMARK_CAPTURE(histogram_range_pass, tensor_simd, qsafe::simd, 0)
-    ->Arg(small)
-    ->Arg(large)
+    ->Arg(small_size)
+    ->Arg(large_size)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 BENCHMARK_CAPTURE(histogram_range_pass, columns768_simd, qsafe::simd, 1)
-    ->Arg(small)
+    ->Arg(small_size)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 BENCHMARK_CAPTURE(search, mse_asymmetric, qsafe::search_criterion::mse, qsafe::quant_mode::asymmetric)

@@ -7,7 +7,6 @@
 
 #include <benchmark/benchmark.h>
 
-#include <cstring>
 #include <random>
 #include <vector>
 
@@ -16,38 +15,26 @@
 #include "qsafe/metrics.hpp"
 #include "qsafe/quant.hpp"
 #include "qsafe/stats.hpp"
+#include "support.hpp"
 
 namespace {
 
 using qsafe::index_t;
+using qsafe::bench::set_counters;
 constexpr index_t cols = 4096;  // rows of a (rows x 4096) view; the ops see the tensor as one contiguous block
 
 struct tensors {
   std::vector<float> x, y, dy;
   explicit tensors(index_t n) : x(static_cast<std::size_t>(n)), y(x.size()), dy(x.size()) {
     std::mt19937 engine(42);
+    qsafe::bench::fill_activations(x, engine);
     std::normal_distribution<float> normal(0.0f, 1.0f);
-    std::uniform_real_distribution<float> rare(0.0f, 1.0f);
-    // Activations with a few outliers: N(0, 1) plus 1 in 10^4 values 50x larger.
-    for (auto& v : x) v = rare(engine) < 1e-4f ? 50.0f * normal(engine) : normal(engine);
     for (auto& v : dy) v = normal(engine);
   }
 };
 
 tensors& shared(index_t n) {
-  static tensors small(index_t{1} << 24);
-  if (n == static_cast<index_t>(small.x.size())) return small;
-  static tensors large(index_t{1} << 28);
-  return large;
-}
-
-void set_counters(benchmark::State& state, index_t n, int tensor_count) {
-  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
-  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * tensor_count *
-                          static_cast<int64_t>(sizeof(float)));
-  state.counters["ns_per_element"] =
-      benchmark::Counter(static_cast<double>(n) * static_cast<double>(state.iterations()),
-                         benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+  return qsafe::bench::shared_tensors<tensors>(n);
 }
 
 qsafe::matrix_view<const float> input(index_t n) {
@@ -55,13 +42,8 @@ qsafe::matrix_view<const float> input(index_t n) {
 }
 
 void memcpy_yardstick(benchmark::State& state) {
-  const index_t n = state.range(0);
-  auto& t = shared(n);
-  for (auto _ : state) {
-    std::memcpy(t.y.data(), t.x.data(), static_cast<std::size_t>(n) * sizeof(float));
-    benchmark::ClobberMemory();
-  }
-  set_counters(state, n, 2);
+  auto& t = shared(state.range(0));
+  qsafe::bench::memcpy_floats(state, t.x, t.y);
 }
 
 const qsafe::quant_params params = qsafe::make_qparams<float>({-4.0, 4.0}, 8, qsafe::quant_mode::asymmetric);
@@ -189,56 +171,64 @@ void quant_error_fused(benchmark::State& state, Policy policy) {
   set_counters(state, n, 1);
 }
 
-constexpr int64_t small = int64_t{1} << 24, large = int64_t{1} << 28;
+using qsafe::bench::large_size, qsafe::bench::small_size;
 
 }  // namespace
 
-BENCHMARK(memcpy_yardstick)->Arg(small)->Arg(large)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(memcpy_yardstick)->Arg(small_size)->Arg(large_size)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(fake_quantize, simd, qsafe::simd)
-    ->Arg(small)
-    ->Arg(large)
+    ->Arg(small_size)
+    ->Arg(large_size)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
-BENCHMARK_CAPTURE(fake_quantize, cpu, qsafe::cpu)->Arg(small)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(fake_quantize, cpu, qsafe::cpu)->Arg(small_size)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(fake_quantize_backward, simd, qsafe::simd)
-    ->Arg(small)
-    ->Arg(large)
+    ->Arg(small_size)
+    ->Arg(large_size)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
-BENCHMARK_CAPTURE(min_max, simd, qsafe::simd)->Arg(small)->Arg(large)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_CAPTURE(min_max, cpu, qsafe::cpu)->Arg(small)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_CAPTURE(moments, simd, qsafe::simd)->Arg(small)->Arg(large)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_CAPTURE(moments, cpu, qsafe::cpu)->Arg(small)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(min_max, simd, qsafe::simd)
+    ->Arg(small_size)
+    ->Arg(large_size)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(min_max, cpu, qsafe::cpu)->Arg(small_size)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(moments, simd, qsafe::simd)
+    ->Arg(small_size)
+    ->Arg(large_size)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(moments, cpu, qsafe::cpu)->Arg(small_size)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(percentile_pair, simd, qsafe::simd)
-    ->Arg(small)
-    ->Arg(large)
+    ->Arg(small_size)
+    ->Arg(large_size)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
-BENCHMARK_CAPTURE(percentile_pair, cpu, qsafe::cpu)->Arg(small)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(percentile_pair, cpu, qsafe::cpu)->Arg(small_size)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(percentile_pair_concentrated, simd, qsafe::simd)
-    ->Arg(small)
+    ->Arg(small_size)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 
 BENCHMARK_CAPTURE(fake_quantize_rounding, simd_half_away, qsafe::simd, qsafe::rounding_mode::half_away_from_zero)
-    ->Arg(small)
+    ->Arg(small_size)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 BENCHMARK_CAPTURE(fake_quantize_rounding, simd_stochastic, qsafe::simd, qsafe::rounding_mode::stochastic)
-    ->Arg(small)
+    ->Arg(small_size)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 BENCHMARK_CAPTURE(fake_quantize_rounding, cpu_stochastic, qsafe::cpu, qsafe::rounding_mode::stochastic)
-    ->Arg(small)
+    ->Arg(small_size)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 BENCHMARK_CAPTURE(fake_quantize_backward_float_range, simd, qsafe::simd)
-    ->Arg(small)
+    ->Arg(small_size)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
-BENCHMARK_CAPTURE(lsq_backward, simd, qsafe::simd)->Arg(small)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_CAPTURE(lsq_backward, cpu, qsafe::cpu)->Arg(small)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_CAPTURE(quant_error_fused, simd, qsafe::simd)->Arg(small)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_CAPTURE(quant_error_fused, cpu, qsafe::cpu)->Arg(small)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(lsq_backward, simd, qsafe::simd)->Arg(small_size)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(lsq_backward, cpu, qsafe::cpu)->Arg(small_size)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(quant_error_fused, simd, qsafe::simd)->Arg(small_size)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(quant_error_fused, cpu, qsafe::cpu)->Arg(small_size)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 BENCHMARK_MAIN();

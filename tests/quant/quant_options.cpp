@@ -118,33 +118,6 @@ quant_params random_qparams(rng& random) {
   return make_qparams<T>({std::min(a, b), std::max(a, b)}, bits, mode, o);
 }
 
-// Mostly inside the range, some exact ties (k + 0.5)·s, code-range ends, far outside, ±0, ±inf, NaN.
-template <class T>
-std::vector<T> random_inputs(rng& random, const quant_params& p, std::size_t n) {
-  std::vector<T> x(n);
-  const double s = p.scale;
-  for (auto& v : x) {
-    const long pick = random.integer(0, 11);
-    const double code = static_cast<double>(random.integer(p.quant_min, p.quant_max)) - p.zero_point;
-    if (pick == 0) {
-      v = static_cast<T>((code + 0.5) * s);
-    } else if (pick == 1) {
-      v = static_cast<T>(code * s);
-    } else if (pick == 2) {
-      v = static_cast<T>(random.normal(0.0, 10.0 * s * (p.quant_max - p.quant_min)));
-    } else if (pick == 3) {
-      v = random.coin() ? T(0) : -T(0);
-    } else if (pick == 4) {
-      const long which = random.integer(0, 2);
-      v = which == 0 ? std::numeric_limits<T>::quiet_NaN()
-                     : (which == 1 ? std::numeric_limits<T>::infinity() : -std::numeric_limits<T>::infinity());
-    } else {
-      v = static_cast<T>(random.uniform(p.quant_min - p.zero_point - 2.0, p.quant_max - p.zero_point + 2.0) * s);
-    }
-  }
-  return x;
-}
-
 fake_quant_options random_options(rng& random) {
   fake_quant_options o;
   o.rounding = all_roundings[random.integer(0, 2)];
@@ -165,7 +138,8 @@ TEMPLATE_TEST_CASE("every rounding mode and STE mask equals the long-double defi
     const quant_params p = random_qparams<T>(random);
     const fake_quant_options o = random_options(random);
     const index_t rows = random.integer(1, 4), cols = random.integer(1, 70), stride = cols + random.integer(0, 3);
-    const std::vector<T> x = random_inputs<T>(random, p, static_cast<std::size_t>(rows * stride));
+    const std::vector<T> x =
+        random_inputs<T>(random, p, static_cast<std::size_t>(rows * stride), input_values::with_non_finite);
     std::vector<T> y(x.size()), dy(x.size()), dx(x.size());
     std::vector<std::int32_t> q(x.size());
     for (auto& g : dy) g = static_cast<T>(random.normal());
@@ -209,7 +183,7 @@ TEMPLATE_TEST_CASE("per channel with options equals the long-double definition c
     for (index_t r = 0; r < rows; ++r) {
       for (index_t c = 0; c < cols; ++c) {
         const quant_params& p = params[static_cast<std::size_t>(along_columns ? c : r % channels)];
-        x[static_cast<std::size_t>(r * stride + c)] = random_inputs<T>(random, p, 1)[0];
+        x[static_cast<std::size_t>(r * stride + c)] = random_inputs<T>(random, p, 1, input_values::with_non_finite)[0];
       }
     }
     for (auto& g : dy) g = static_cast<T>(random.normal());

@@ -3,6 +3,7 @@
 // floor (not nearbyint), the clamp and the STE mask evaluated in long double, and data generators.
 
 #include <cmath>
+#include <cstddef>
 #include <limits>
 #include <vector>
 
@@ -54,6 +55,38 @@ struct reference_quantizer {
     return v >= qmin && v <= qmax;
   }
 };
+
+enum class input_values { finite, with_non_finite };
+
+// Inputs for parameters p: mostly inside the code range, some outside (up to 2 codes beyond each end, and far
+// outside), exact ties (k + 0.5)·s, codes k·s, ±0; with `input_values::with_non_finite` also NaN, +inf and -inf.
+template <class T>
+std::vector<T> random_inputs(rng& random, const quant_params& p, std::size_t n,
+                             input_values values = input_values::finite) {
+  const bool non_finite = values == input_values::with_non_finite;
+  std::vector<T> x(n);
+  const double s = p.scale;
+  for (auto& v : x) {
+    const long pick = random.integer(0, non_finite ? 11 : 9);
+    const double code = static_cast<double>(random.integer(p.quant_min, p.quant_max)) - p.zero_point;
+    if (pick == 0) {
+      v = static_cast<T>((code + 0.5) * s);
+    } else if (pick == 1) {
+      v = static_cast<T>(code * s);
+    } else if (pick == 2) {
+      v = static_cast<T>(random.normal(0.0, 10.0 * s * (p.quant_max - p.quant_min)));
+    } else if (pick == 3) {
+      v = random.coin() ? T(0) : -T(0);
+    } else if (pick == 4 && non_finite) {
+      const long which = random.integer(0, 2);
+      v = which == 0 ? std::numeric_limits<T>::quiet_NaN()
+                     : (which == 1 ? std::numeric_limits<T>::infinity() : -std::numeric_limits<T>::infinity());
+    } else {
+      v = static_cast<T>(random.uniform(p.quant_min - p.zero_point - 2.0, p.quant_max - p.zero_point + 2.0) * s);
+    }
+  }
+  return x;
+}
 
 // Bit-identical comparison that treats NaN as equal to NaN.
 template <class T>

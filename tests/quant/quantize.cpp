@@ -32,29 +32,6 @@ quant_params random_params(rng& random, int& bits, quant_mode& mode) {
   return make_qparams<T>(r, bits, mode);
 }
 
-// Inputs: mostly inside the range, some outside, some exact ties (k + 0.5)·s, the code-range ends, ±0.
-template <class T>
-std::vector<T> random_inputs(rng& random, const quant_params& p, std::size_t n) {
-  std::vector<T> x(n);
-  const double s = p.scale;
-  for (auto& v : x) {
-    const long pick = random.integer(0, 9);
-    const double code = static_cast<double>(random.integer(p.quant_min, p.quant_max)) - p.zero_point;
-    if (pick == 0) {
-      v = static_cast<T>((code + 0.5) * s);
-    } else if (pick == 1) {
-      v = static_cast<T>(code * s);
-    } else if (pick == 2) {
-      v = static_cast<T>(random.normal(0.0, 10.0 * s * (p.quant_max - p.quant_min)));
-    } else if (pick == 3) {
-      v = random.coin() ? T(0) : -T(0);
-    } else {
-      v = static_cast<T>(random.uniform(p.quant_min - p.zero_point - 2.0, p.quant_max - p.zero_point + 2.0) * s);
-    }
-  }
-  return x;
-}
-
 }  // namespace
 
 TEMPLATE_TEST_CASE("fake_quantize and its STE backward equal the long-double definition bit for bit",
