@@ -411,20 +411,21 @@ class histogram {
     std::vector<std::vector<std::int64_t>> partial(static_cast<std::size_t>(team));
     std::int64_t outside = 0;
     if (layout_.axis == channel_axis::row && layout_.channels == 1) {
-      // Per tensor: four tables of 32-bit counts per thread (L1-resident), folded into 64-bit partial sums
-      // before any 32-bit count could wrap.
-      constexpr index_t tables = 4;
+      // Per tensor: eight tables of 32-bit counts per thread (four beyond 2^16 bins), folded into 64-bit partial
+      // sums before any 32-bit count could wrap.
+      const index_t tables = options_.bins <= (index_t(1) << 16) ? 8 : 4;
+      const index_t table_stride = detail::histogram_table_stride<std::uint32_t>(options_.bins, tables);
       constexpr index_t fold_every = index_t(1) << 30;
       std::vector<std::int64_t> outs(static_cast<std::size_t>(team), 0);
       detail::for_each_block(threads, x.rows, [&](int t, index_t begin, index_t end) {
-        std::vector<std::uint32_t> scratch(static_cast<std::size_t>(tables * stride()), 0u);
+        std::vector<std::uint32_t> scratch(static_cast<std::size_t>(tables * table_stride), 0u);
         std::vector<std::int64_t>& sum = partial[static_cast<std::size_t>(t)];
         sum.assign(static_cast<std::size_t>(stride()), 0);
         auto fold = [&] {
           for (index_t k = 0; k < tables; ++k)
             for (index_t b = 0; b < stride(); ++b)
               sum[static_cast<std::size_t>(b)] +=
-                  std::exchange(scratch[static_cast<std::size_t>(k * stride() + b)], 0u);
+                  std::exchange(scratch[static_cast<std::size_t>(k * table_stride + b)], 0u);
         };
         index_t pending = 0;
         for (index_t r = begin; r < end; ++r) {

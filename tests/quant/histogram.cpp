@@ -50,7 +50,8 @@ TEMPLATE_TEST_CASE("histogram counts are the documented bin function of every va
   QSAFE_TEST_RNG(random);
   for (const data_kind kind : all_data_kinds) {
     INFO("data: " << name(kind));
-    const index_t bins = random.coin() ? 2048 : random.integer(1, 300);
+    // 2048: the default; beyond 2^16 bins the per-tensor kernel spreads over four tables instead of eight.
+    const index_t bins = random.coin() ? 2048 : random.coin() ? random.integer(1, 300) : random.integer(65537, 70000);
     const index_t rows = random.integer(1, 4), cols = random.integer(1, 5000);
     const std::vector<T> x = make_data<T>(random, kind, rows * cols);
     histogram_options options;

@@ -31,6 +31,18 @@ struct finite_range {
   std::int64_t nan = 0, inf = 0;
 };
 
+// Slots from one count table of a channel to the next when a kernel spreads its increments over `tables` tables:
+// at least bins + 1, padded so that consecutive tables start 4096/tables bytes apart modulo 4 KiB (else the same
+// bin of neighbouring tables aliases in the CPU's 4 KiB store-to-load check and stalls on concentrated data).
+template <class Count>
+index_t histogram_table_stride(index_t bins, index_t tables) {
+  if (tables <= 1) return bins + 1;
+  constexpr index_t page = 4096, size = static_cast<index_t>(sizeof(Count));
+  const index_t step = page / tables / size * size, need = (bins + 1) * size;
+  const index_t bytes = need <= step ? step : (need - step + page - 1) / page * page + step;
+  return bytes / size;
+}
+
 }  // namespace qsafe::detail
 
 namespace qsafe::detail::scalar {

@@ -1,13 +1,12 @@
 #pragma once
 // Histogram kernels on xsimd batches (see detail/scalar/histogram.hpp for the bin function they reproduce).
-// A scatter-increment does not vectorize on AVX2 (no conflict detection): the bins of a chunk of 1024 values are
-// computed with vector operations into a small index buffer, then counted by scalar increments spread round-robin
-// over up to four tables, so that runs of equal bins (concentrated data) do not serialize on store-to-load
-// forwarding. Four tables of 32-bit counts for 2048 bins fill 32 KiB, the L1 of the dev machine (AMD EPYC, AVX2);
-// measured in bench/bench_calibration.cpp.
+// A scatter-increment does not vectorize on AVX2 (no conflict detection): the bins of two batches are computed with
+// vector operations, then counted by scalar increments spread over up to eight tables, so that runs of equal bins
+// (concentrated data) do not serialize on store-to-load forwarding; measured in bench/bench_calibration.cpp.
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <xsimd/xsimd.hpp>
 
@@ -16,59 +15,54 @@
 
 namespace qsafe::detail::simd {
 
-inline constexpr index_t histogram_chunk = 1024;
-
-// The bins of x[0..n) (n <= histogram_chunk) into idx; the same operations as scalar::bin_of.
-template <class T>
-void bins_of(const grid_lanes<T>& g, const T* x, index_t n, std::int32_t* idx) {
-  if constexpr (std::is_same_v<T, float>) {
-    const batch<float> lo(g.lo), hi(g.hi), scale(g.scale), last(g.last), dump(static_cast<float>(g.bins));
-    for_each_batch<float>(n, [&](index_t j, index_t m, auto tail) {
-      constexpr bool is_tail = decltype(tail)::value;
-      const batch<float> v = load<is_tail>(x + j, m, g.lo);
-      const auto valid = (v >= lo) && (v <= hi);
-      const batch<float> t = xsimd::select(valid, xsimd::min((v - lo) * scale, last), dump);
-      const auto b = xsimd::batch_cast<std::int32_t>(t);
-      if constexpr (is_tail) {
-        alignas(64) std::int32_t buffer[batch<float>::size];
-        b.store_aligned(buffer);
-        std::copy(buffer, buffer + m, idx + j);
-      } else {
-        b.store_unaligned(idx + j);
-      }
-    });
-  } else {
-    // double: AVX2 has no double -> int conversion worth using; the scalar bin function, the same operations.
-    for (index_t j = 0; j < n; ++j) idx[j] = scalar::bin_of(g, x[j]);
-  }
-}
-
+// Counts x[0..n) into `table_count` tables `histogram_table_stride` apart (lane u into table u mod table_count).
+// Float: the slots (bin + table offset) of two batches go through a 64-byte buffer straight to the increments: no
+// index buffer of a whole chunk, no branch per value. Double and tails: the scalar bin function.
 template <class T, class Count>
 std::int64_t histogram_row(const grid_lanes<T>& g, const T* x, index_t n, Count* tables, index_t table_count) {
-  alignas(64) std::int32_t idx[histogram_chunk];
-  const index_t stride = g.bins + 1;
-  Count* t0 = tables;
-  Count* t1 = table_count > 1 ? tables + stride : t0;
-  Count* t2 = table_count > 2 ? tables + 2 * stride : t0;
-  Count* t3 = table_count > 3 ? tables + 3 * stride : t1;
+  const index_t stride = histogram_table_stride<Count>(g.bins, table_count);
   auto outside_slots = [&] {
     Count sum = 0;
-    for (index_t t = 0; t < std::min<index_t>(table_count, 4); ++t) sum += tables[t * stride + g.bins];
+    for (index_t t = 0; t < table_count; ++t) sum += tables[t * stride + g.bins];
     return sum;
   };
   const Count outside_before = outside_slots();
-  for (index_t start = 0; start < n; start += histogram_chunk) {
-    const index_t m = std::min(histogram_chunk, n - start);
-    bins_of(g, x + start, m, idx);
-    index_t k = 0;
-    for (; k + 4 <= m; k += 4) {
-      ++t0[idx[k]];
-      ++t1[idx[k + 1]];
-      ++t2[idx[k + 2]];
-      ++t3[idx[k + 3]];
+  index_t k = 0;
+  if constexpr (std::is_same_v<T, float> && batch<std::int32_t>::size == batch<float>::size) {
+    using lanes = batch<std::int32_t>;
+    constexpr index_t width = static_cast<index_t>(batch<float>::size);
+    alignas(64) std::int32_t offset[width];
+    for (index_t u = 0; u < width; ++u) offset[u] = static_cast<std::int32_t>((u % table_count) * stride);
+    const lanes offsets = lanes::load_aligned(offset);
+    const batch<float> lo(g.lo), hi(g.hi), scale(g.scale), last(g.last), dump(static_cast<float>(g.bins));
+    auto slots = [&](const float* p) {
+      const batch<float> v = batch<float>::load_unaligned(p);
+      const batch<float> t = xsimd::select((v >= lo) && (v <= hi), xsimd::min((v - lo) * scale, last), dump);
+      return xsimd::batch_cast<std::int32_t>(t) + offsets;
+    };
+    constexpr index_t prefetch_distance = 4096;  // values ahead: 16 KiB
+    for (; k + 2 * width <= n; k += 2 * width) {
+      __builtin_prefetch(x + k + prefetch_distance);
+      alignas(64) std::int32_t slot[2 * width];
+      slots(x + k).store_aligned(slot);
+      slots(x + k + width).store_aligned(slot + width);
+      for (index_t u = 0; u < 2 * width; u += 2) {  // two slots per 64-bit read: fewer lane extractions
+        std::uint64_t pair;
+        std::memcpy(&pair, slot + u, sizeof pair);
+        ++tables[static_cast<std::uint32_t>(pair)];
+        ++tables[pair >> 32];
+      }
     }
-    for (; k < m; ++k) ++t0[idx[k]];
   }
+  Count* t[4];
+  for (index_t u = 0; u < 4; ++u) t[u] = tables + (u % table_count) * stride;
+  for (; k + 4 <= n; k += 4) {
+    ++t[0][scalar::bin_of(g, x[k])];
+    ++t[1][scalar::bin_of(g, x[k + 1])];
+    ++t[2][scalar::bin_of(g, x[k + 2])];
+    ++t[3][scalar::bin_of(g, x[k + 3])];
+  }
+  for (; k < n; ++k) ++t[0][scalar::bin_of(g, x[k])];
   return static_cast<std::int64_t>(outside_slots() - outside_before);
 }
 
