@@ -2,22 +2,12 @@
 // Keep them in sync with the headers' doc comments.
 #include <catch2/catch.hpp>
 #include <cstdint>
-#include <random>
 #include <vector>
 
 #include "qsafe/qsafe.hpp"
+#include "snippet_data.hpp"
 
-namespace {
-
-std::vector<float> normal_values(std::size_t n, unsigned seed) {
-  std::mt19937 engine(seed);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<float> v(n);
-  for (auto& x : v) x = normal(engine);
-  return v;
-}
-
-}  // namespace
+using qsafe::test::normal_values;
 
 TEST_CASE("histogram.hpp snippet: two passes, then a fixed grid merged across parts", "[doc]") {
   const std::vector<float> a = normal_values(4096, 1), b = normal_values(4096, 2);

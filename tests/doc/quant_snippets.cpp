@@ -3,22 +3,12 @@
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
-#include <random>
 #include <vector>
 
 #include "qsafe/qsafe.hpp"
+#include "snippet_data.hpp"
 
-namespace {
-
-std::vector<float> normal_values(std::size_t n, unsigned seed) {
-  std::mt19937 engine(seed);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<float> v(n);
-  for (auto& x : v) x = normal(engine);
-  return v;
-}
-
-}  // namespace
+using qsafe::test::normal_values;
 
 TEST_CASE("quant.hpp snippet: fake-quantize and its straight-through gradient", "[doc]") {
   const std::vector<float> xs = normal_values(512, 1), ones(512, 1.0f);
