@@ -84,14 +84,6 @@ inline quant_error to_quant_error(const error_sums& s, index_t count) {
   return {static_cast<std::int64_t>(count), s.x2, s.y2, s.xy, s.e2};
 }
 
-template <class T>
-index_t count_non_finite_values(const matrix_view<const T>& m) {
-  index_t bad = 0;
-  for (index_t r = 0; r < m.rows; ++r)
-    for (index_t c = 0; c < m.cols; ++c) bad += std::isfinite(m(r, c)) ? 0 : 1;
-  return bad;
-}
-
 // Checked after the pass (a sum that is not finite is rare): names the first argument holding NaN or ±inf.
 template <class T>
 void check_finite_inputs(std::string_view function, std::span<const quant_error> results, const matrix_view<const T>& x,
@@ -100,11 +92,11 @@ void check_finite_inputs(std::string_view function, std::span<const quant_error>
     return std::isfinite(e.sum_x2) && std::isfinite(e.sum_y2) && std::isfinite(e.sum_xy) && std::isfinite(e.sum_e2);
   });
   if (finite) return;
-  if (const index_t bad = count_non_finite_values(x); bad > 0) {
+  if (const index_t bad = count_non_finite(x); bad > 0) {
     fail(function, "x", "contains " + std::to_string(bad) + " NaN or infinite values; the metrics need finite data");
   }
   if (y != nullptr) {
-    if (const index_t bad = count_non_finite_values(*y); bad > 0) {
+    if (const index_t bad = count_non_finite(*y); bad > 0) {
       fail(function, "y", "contains " + std::to_string(bad) + " NaN or infinite values; the metrics need finite data");
     }
   }

@@ -40,14 +40,6 @@ namespace qsafe {
 
 namespace detail {
 
-template <class T>
-index_t count_non_finite(const matrix_view<const T>& x) {
-  index_t bad = 0;
-  for (index_t r = 0; r < x.rows; ++r)
-    for (index_t c = 0; c < x.cols; ++c) bad += std::isfinite(x(r, c)) ? 0 : 1;
-  return bad;
-}
-
 // `count` NaN or infinite values in `x` (the CUDA backend counts them on the device).
 [[noreturn]] inline void fail_non_finite_count(std::string_view function, index_t count) {
   fail(function, "x",

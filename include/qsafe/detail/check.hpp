@@ -2,6 +2,7 @@
 // Precondition checks shared by the public entry points: each throws std::invalid_argument naming the function
 // and the argument, before anything is written.
 
+#include <cmath>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -35,6 +36,15 @@ void check_same_shape(std::string_view function, std::string_view argument, cons
              std::string(reference_name) + "' has " + std::to_string(reference.rows) + " x " +
              std::to_string(reference.cols));
   }
+}
+
+// How many values of `x` are NaN or ±inf (for error messages: called only once a check has failed).
+template <class T>
+index_t count_non_finite(const matrix_view<const T>& x) {
+  index_t bad = 0;
+  for (index_t r = 0; r < x.rows; ++r)
+    for (index_t c = 0; c < x.cols; ++c) bad += std::isfinite(x(r, c)) ? 0 : 1;
+  return bad;
 }
 
 }  // namespace qsafe::detail
