@@ -99,7 +99,14 @@ struct host_ops {
     for_blocks(OC, [&](index_t o, index_t n) {
       const auto d = as_matrix(dout + o, N, n, OC);  // columns o .. o+n of dout
       as_matrix(dw + o * C, n, C).noalias() += d.transpose() * as_matrix(inp, N, C);
-      if (db != nullptr) Eigen::Map<Eigen::Matrix<T, 1, Eigen::Dynamic>>(db + o, n) += d.colwise().sum();
+      // Not d.colwise().sum(): Eigen sums the columns it reaches by packets in another order than those before db's
+      // first aligned address, so the gradient would depend on where the allocator put it (runs must repeat).
+      if (db != nullptr) {
+        std::vector<T> sum(static_cast<std::size_t>(n), T(0));
+        for (index_t i = 0; i < N; ++i)
+          for (index_t c = 0; c < n; ++c) sum[static_cast<std::size_t>(c)] += d(i, c);
+        for (index_t c = 0; c < n; ++c) db[o + c] += sum[static_cast<std::size_t>(c)];
+      }
     });
   }
 
