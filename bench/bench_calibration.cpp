@@ -8,6 +8,8 @@
 
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <random>
 #include <vector>
 
@@ -72,6 +74,48 @@ void histogram_count(benchmark::State& state, Policy policy, int which) {
   set_counters(state, n, 1);
 }
 
+// The per-tensor counting pass on doubles (the scalar bin function: no int64 lanes for double on AVX2).
+void histogram_count_double(benchmark::State& state) {
+  const index_t n = state.range(0);
+  static const std::vector<double> xd(shared(n).x.begin(), shared(n).x.end());
+  const qsafe::matrix_view<const double> x(xd.data(), n / cols, cols);
+  qsafe::min_max_estimator<double> minmax;
+  minmax.observe(qsafe::simd, x);
+  const std::vector<qsafe::value_range> ranges{minmax.ranges()[0]};
+  for (auto _ : state) {
+    qsafe::histogram<double> h(ranges, {});
+    h.observe(qsafe::simd, x);
+    benchmark::DoNotOptimize(h.total(0));
+  }
+  set_counters(state, n, 2);  // bytes: the doubles read once
+}
+
+// Yardstick: the increments alone. The slots the per-tensor kernel computes for this tensor (its bin plus the
+// offset of one of eight tables, lane by lane) precomputed into an int32 array, then one ++table[slot] per value:
+// the floor of any histogram that counts each value with one memory increment on this machine, with no binning.
+void increment_yardstick(benchmark::State& state) {
+  const index_t n = state.range(0);
+  const std::vector<float>& x = shared(n).x;
+  constexpr index_t bins = 2048, tables = 8;
+  const index_t stride = qsafe::detail::histogram_table_stride<std::uint32_t>(bins, tables);
+  const auto [lo, hi] = std::minmax_element(x.begin(), x.end());
+  const qsafe::detail::grid_lanes<float> g{*lo, *hi, static_cast<float>(bins) / (*hi - *lo),
+                                           static_cast<float>(bins - 1), static_cast<std::int32_t>(bins)};
+  std::vector<std::int32_t> slots(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    slots[i] =
+        qsafe::detail::scalar::bin_of(g, x[i]) + static_cast<std::int32_t>(static_cast<index_t>(i % tables) * stride);
+  }
+  std::vector<std::uint32_t> table(static_cast<std::size_t>(tables * stride));
+  for (auto _ : state) {
+    std::fill(table.begin(), table.end(), 0u);
+    for (const std::int32_t slot : slots) ++table[static_cast<std::size_t>(slot)];
+    benchmark::DoNotOptimize(table.data());
+    benchmark::ClobberMemory();
+  }
+  set_counters(state, n, 1);
+}
+
 // The first pass (finite min-max with NaN / inf counts) alone.
 template <class Policy>
 void histogram_range_pass(benchmark::State& state, Policy policy, int which) {
@@ -130,6 +174,8 @@ BENCHMARK_CAPTURE(histogram_count, tensor_simd, qsafe::simd, 0)
     ->Arg(large_size)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
+BENCHMARK(increment_yardstick)->Arg(small_size)->Arg(large_size)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(histogram_count_double)->Arg(small_size)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(histogram_count, tensor_cpu, qsafe::cpu, 0)
     ->Arg(small_size)
     ->Unit(benchmark::kMillisecond)
