@@ -13,6 +13,7 @@
 ///   qsafe::histogram<float> total(ranges), part(ranges);   // fixed grids: one pass
 ///   part.observe(qsafe::simd, my_batch);
 ///   total.merge(part);                                     // exact: integer counts on identical edges
+///   send(part.to_bytes());  /* elsewhere: */ total.merge(qsafe::histogram<float>::from_bytes(received));
 /// \endcode
 ///
 /// Contract:
@@ -39,6 +40,7 @@
 #include <utility>
 #include <vector>
 
+#include "qsafe/detail/bytes.hpp"
 #include "qsafe/detail/check.hpp"
 #include "qsafe/detail/parallel.hpp"
 #include "qsafe/detail/scalar/histogram.hpp"
@@ -205,7 +207,9 @@ class histogram {
   /// the counts (both grids must be identical: the same ranges, bins and layout). Recipe for workers that each
   /// see part of the data: pass 1 on each, merge them all into one, copy that one back to every worker (each
   /// then has the grid of all the data), `next_pass()`, pass 2 on each worker's own batches, merge the counts.
-  /// After a counts merge, `next_pass()` no longer checks pass 2's totals against pass 1's.
+  /// After a counts merge, `next_pass()` no longer checks pass 2's totals against pass 1's. Skipped NaN / ±inf are
+  /// counted in pass 1 (fixed grids: in their one pass): a counts merge of two-pass histograms keeps this one's
+  /// NaN / ±inf counts, those of the agreed pass 1, instead of adding every worker's copy of them.
   void merge(const histogram& other) {
     if (other.layout_.axis != layout_.axis || other.layout_.channels != layout_.channels ||
         other.options_.bins != options_.bins || other.options_.grid != options_.grid) {
@@ -231,6 +235,9 @@ class histogram {
       }
       for (std::size_t i = 0; i < counts_.size(); ++i) counts_[i] += other.counts_[i];
       merged_counts_ = true;  // the pass-1 totals no longer say what pass 2 should count
+      // Two passes: the NaN / ±inf counts are pass 1's, which every worker of the recipe carries (the agreed pass
+      // 1, copied back to each): adding them would count each skipped value once per worker.
+      if (!fixed_) return;
     }
     nan_ += other.nan_;
     inf_ += other.inf_;
@@ -273,10 +280,127 @@ class histogram {
   int pass() const { return pass_; }
   bool has_grid() const { return !grids_.empty(); }
 
+  /// The whole state (layout, options, pass, pass-1 ranges, grids, counts, NaN / ±inf counts) as bytes, to send
+  /// to another process: `histogram<T>::from_bytes(h.to_bytes())` is h, so workers that each see part of the data
+  /// follow merge()'s recipe through bytes. Little-endian and versioned (docs/quantization.md, "Across processes").
+  std::vector<std::uint8_t> to_bytes() const {
+    detail::byte_writer w;
+    for (const char m : bytes_magic) w.u8(static_cast<std::uint8_t>(m));
+    w.u32(bytes_version);
+    w.u8(static_cast<std::uint8_t>(sizeof(T)));
+    w.u8(static_cast<std::uint8_t>(layout_.axis));
+    w.i64(layout_.channels);
+    w.i64(options_.bins);
+    w.u8(static_cast<std::uint8_t>(options_.grid));
+    w.u8(static_cast<std::uint8_t>(options_.nan));
+    w.u8(static_cast<std::uint8_t>(options_.inf));
+    w.text(options_.name);
+    w.u8(static_cast<std::uint8_t>(pass_));
+    w.u8(fixed_ ? 1 : 0);
+    w.u8(merged_counts_ ? 1 : 0);
+    w.i64(nan_);
+    w.i64(inf_);
+    for (std::size_t c = 0; c < first_.size(); ++c) {
+      w.real(first_[c].lo);
+      w.real(first_[c].hi);
+      w.i64(finite_[c]);
+    }
+    w.u8(grids_.empty() ? 0 : 1);
+    for (const auto& g : grids_) {
+      w.real(g.lo);
+      w.real(g.hi);
+    }
+    for (const std::int64_t n : counts_) w.i64(n);
+    return w.take();
+  }
+
+  /// The histogram `to_bytes()` wrote. `std::invalid_argument` naming `bytes` when they are not such a state: wrong
+  /// magic, version or element type, truncated or with trailing bytes, or inconsistent (bad layout, options, pass,
+  /// ranges, negative counts).
+  static histogram from_bytes(std::span<const std::uint8_t> bytes) {
+    constexpr std::string_view function = "histogram::from_bytes";
+    detail::byte_reader r(bytes, function, "bytes");
+    for (const char m : bytes_magic) {
+      if (r.u8() != static_cast<std::uint8_t>(m)) r.fail("does not start with a qsafe histogram's magic 'qsHG'");
+    }
+    if (const std::uint32_t v = r.u32(); v != bytes_version) {
+      r.fail("has format version " + std::to_string(v) + "; this qsafe reads version " + std::to_string(bytes_version));
+    }
+    if (const int size = r.u8(); size != static_cast<int>(sizeof(T))) {
+      r.fail("holds a histogram of " + std::to_string(size) + "-byte elements, not of " + std::to_string(sizeof(T)));
+    }
+    channel_layout layout;
+    const std::uint8_t axis = r.u8();
+    if (axis > 1) r.fail("has channel axis " + std::to_string(axis));
+    layout.axis = static_cast<channel_axis>(axis);
+    layout.channels = r.i64();
+    if (layout.channels < 1) r.fail("has " + std::to_string(layout.channels) + " channels");
+    histogram_options options;
+    options.bins = r.i64();
+    options.grid = static_cast<histogram_grid>(r.u8());
+    options.nan = static_cast<non_finite_policy>(r.u8());
+    options.inf = static_cast<non_finite_policy>(r.u8());
+    options.name = r.text();
+    try {
+      detail::check_histogram_options(function, options);
+    } catch (const std::invalid_argument& e) {
+      r.fail(std::string("holds bad options: ") + e.what());
+    }
+    const auto channels = static_cast<std::uint64_t>(layout.channels);
+    // 2 values and a count per channel, then (maybe) 2 per grid: check the channel count against what is left
+    // before anything is sized by it.
+    r.need(channels, 2 * sizeof(T) + 8);
+    histogram h(layout, options);
+    const std::uint8_t pass = r.u8(), fixed = r.u8(), merged = r.u8();
+    if (pass > 2 || fixed > 1 || merged > 1 || (fixed == 1 && pass == 0)) {
+      r.fail("has an impossible pass (" + std::to_string(pass) + ", fixed " + std::to_string(fixed) + ")");
+    }
+    h.pass_ = pass;
+    h.fixed_ = fixed == 1;
+    h.merged_counts_ = merged == 1;
+    h.nan_ = r.i64();
+    h.inf_ = r.i64();
+    if (h.nan_ < 0 || h.inf_ < 0) r.fail("has a negative NaN or inf count");
+    for (std::size_t c = 0; c < h.first_.size(); ++c) {
+      h.first_[c].lo = r.template real<T>();
+      h.first_[c].hi = r.template real<T>();
+      h.finite_[c] = r.i64();
+      if (h.finite_[c] < 0) r.fail("has a negative value count for channel " + std::to_string(c));
+    }
+    const bool has_grids = r.u8() == 1;
+    if (has_grids != (pass > 0)) r.fail("has grids in pass 0, or none after it");
+    if (has_grids) {
+      r.need(channels, 2 * sizeof(T));
+      std::vector<value_range> ranges;
+      for (std::uint64_t c = 0; c < channels; ++c) {
+        const T lo = r.template real<T>(), hi = r.template real<T>();
+        if (!std::isfinite(lo) || !std::isfinite(hi) || !(lo <= hi)) {
+          r.fail("has a bad grid for channel " + std::to_string(c));
+        }
+        ranges.push_back({static_cast<double>(lo), static_cast<double>(hi)});
+      }
+      try {
+        h.make_grids(ranges);
+      } catch (const std::invalid_argument& e) {
+        r.fail(std::string("holds a grid no histogram can have: ") + e.what());
+      }
+      r.need(h.counts_.size(), 8);
+      for (std::int64_t& n : h.counts_) {
+        n = r.i64();
+        if (n < 0) r.fail("has a negative bin count");
+      }
+    }
+    r.finish();
+    return h;
+  }
+
   /// The bin of x in channel c, exactly as counted (for refinement passes).
   std::int32_t bin_of(index_t c, T x) const { return detail::scalar::bin_of(grids_[static_cast<std::size_t>(c)], x); }
 
  private:
+  static constexpr char bytes_magic[4] = {'q', 's', 'H', 'G'};
+  static constexpr std::uint32_t bytes_version = 1;
+
   index_t stride() const { return options_.bins + 1; }  // the extra slot collects values off the grid
   std::size_t slot(index_t c, index_t b) const { return static_cast<std::size_t>(c * stride() + b); }
   std::string name_note() const { return options_.name.empty() ? "" : " of tensor '" + options_.name + "'"; }

@@ -1,6 +1,7 @@
 // Exact histograms (qsafe/histogram.hpp): counts against the documented bin function value by value, bins against
 // long-double edges, identical counts for any split into batches, threads and merged parts, per channel equal to
-// per tensor on each channel's values, and bad input (NaN, ±inf, values off the grid, mismatched passes).
+// per tensor on each channel's values, bad input (NaN, ±inf, values off the grid, mismatched passes), and the
+// serialized state (to_bytes / from_bytes): round trips at every stage, workers merging through bytes, bad bytes.
 
 #include <algorithm>
 #include <catch2/catch.hpp>
@@ -298,4 +299,115 @@ TEMPLATE_TEST_CASE("constant and tiny data get a valid grid", "[histogram]", QSA
   REQUIRE(h.counts(0)[0] == 5000);
   REQUIRE(h.grid(0).lo == 3.25);
   REQUIRE(h.grid(0).hi == 3.25);
+}
+
+TEMPLATE_TEST_CASE("a histogram's bytes rebuild it exactly at every stage; workers merge through them exactly",
+                   "[histogram][bytes]", float, double) {
+  using T = TestType;
+  QSAFE_TEST_RNG(random);
+  const index_t cols = random.integer(3, 90), rows = 3 * random.integer(4, 12);
+  std::vector<T> x = make_data<T>(random, data_kind::heavy_tailed, rows * cols);
+  x[static_cast<std::size_t>(random.integer(0, rows * cols - 1))] = std::numeric_limits<T>::quiet_NaN();
+  std::vector<matrix_view<const T>> batches;
+  for (index_t r = 0; r < rows; r += 3) batches.emplace_back(x.data() + r * cols, 3, cols);
+  histogram_options options;
+  options.bins = random.integer(2, 300);
+  options.name = "layer.3 \"q\"";
+  options.nan = non_finite_policy::skip;
+  const auto roundtrip = [](const histogram<T>& h) {
+    const std::vector<std::uint8_t> bytes = h.to_bytes();
+    const histogram<T> copy = histogram<T>::from_bytes(bytes);
+    CHECK(copy.to_bytes() == bytes);
+    return copy;
+  };
+  for (const channel_layout layout :
+       {channel_layout{}, channel_layout{channel_axis::column, cols}, channel_layout{channel_axis::row, 3}}) {
+    INFO("layout axis " << static_cast<int>(layout.axis) << ", " << layout.channels << " channels");
+    const histogram<T> whole = two_pass<T>(simd, batches, layout, options);
+    // Every stage: a copy continued with the rest of the protocol ends where the original does.
+    histogram<T> h(layout, options);
+    h.observe(simd, batches[0]);
+    histogram<T> copy = roundtrip(h);
+    for (std::size_t i = 1; i < batches.size(); ++i) h.observe(simd, batches[i]), copy.observe(simd, batches[i]);
+    REQUIRE(h.next_pass());
+    copy = roundtrip(copy);
+    REQUIRE(copy.next_pass());
+    h.observe(simd, batches[0]);
+    copy = roundtrip(copy);
+    copy.observe(simd, batches[0]);
+    copy = roundtrip(copy);
+    for (std::size_t i = 1; i < batches.size(); ++i) h.observe(simd, batches[i]), copy.observe(simd, batches[i]);
+    REQUIRE_FALSE(copy.next_pass());
+    REQUIRE_FALSE(h.next_pass());
+    CHECK(roundtrip(copy).to_bytes() == h.to_bytes());
+    CHECK(all_counts(copy) == all_counts(whole));
+    CHECK(copy.options().name == options.name);
+
+    // merge()'s recipe between three workers that exchange only bytes: pass 1 each, merged at a root, sent back;
+    // pass 2 each on its own batches, merged at the root: the histogram of all the data, bit for bit.
+    std::vector<std::vector<std::uint8_t>> sent(3);
+    for (std::size_t w = 0; w < 3; ++w) {
+      histogram<T> worker(layout, options);
+      for (std::size_t i = w; i < batches.size(); i += 3) worker.observe(simd, batches[i]);
+      sent[w] = worker.to_bytes();
+    }
+    histogram<T> root = histogram<T>::from_bytes(sent[0]);
+    for (std::size_t w = 1; w < 3; ++w) root.merge(histogram<T>::from_bytes(sent[w]));
+    const std::vector<std::uint8_t> agreed = root.to_bytes();
+    for (std::size_t w = 0; w < 3; ++w) {
+      histogram<T> worker = histogram<T>::from_bytes(agreed);
+      REQUIRE(worker.next_pass());
+      for (std::size_t i = w; i < batches.size(); i += 3) worker.observe(simd, batches[i]);
+      sent[w] = worker.to_bytes();
+    }
+    histogram<T> total = histogram<T>::from_bytes(sent[2]);
+    for (std::size_t w = 0; w < 2; ++w) total.merge(histogram<T>::from_bytes(sent[w]));
+    REQUIRE_FALSE(total.next_pass());
+    CHECK(all_counts(total) == all_counts(whole));
+    CHECK(total.nan_count() == 1);
+    CHECK(whole.nan_count() == 1);
+    for (index_t c = 0; c < layout.channels; ++c) {
+      CHECK(total.grid(c).lo == whole.grid(c).lo);
+      CHECK(total.grid(c).hi == whole.grid(c).hi);
+    }
+  }
+}
+
+TEST_CASE("bytes that are not a histogram's state are refused naming 'bytes'", "[histogram][bytes][errors]") {
+  histogram_options options;
+  options.bins = 5;
+  histogram<float> h(channel_layout{channel_axis::column, 2}, options);
+  const std::vector<float> x{1.0f, -2.0f, 0.5f, 4.0f, 3.0f, 0.0f};
+  h.observe(cpu, matrix_view<const float>(x.data(), 3, 2));
+  REQUIRE(h.next_pass());
+  h.observe(cpu, matrix_view<const float>(x.data(), 3, 2));
+  const std::vector<std::uint8_t> good = h.to_bytes();
+  const auto refused = [](std::vector<std::uint8_t> bytes, const std::string& what) {
+    INFO("expected: " << what);
+    CHECK_THROWS_WITH(histogram<float>::from_bytes(bytes),
+                      Catch::Contains("argument 'bytes'") && Catch::Contains(what));
+  };
+  for (std::size_t n = 0; n < good.size(); ++n) {  // every truncation
+    refused(std::vector<std::uint8_t>(good.begin(), good.begin() + static_cast<std::ptrdiff_t>(n)), "");
+  }
+  auto extra = good;
+  extra.push_back(0);
+  refused(extra, "after the end");
+  auto magic = good;
+  magic[0] = 'x';
+  refused(magic, "magic");
+  auto version = good;
+  version[4] = 2;
+  refused(version, "version 2");
+  CHECK_THROWS_WITH(histogram<double>::from_bytes(good), Catch::Contains("4-byte elements"));
+  auto channels = good;
+  channels[10] = 0;  // the channel count's low byte (magic 4, version 4, element size 1, axis 1)
+  refused(channels, "0 channels");
+  auto bins = good;
+  bins[18] = 0;  // the bin count's low byte
+  refused(bins, "bins");
+  auto negative = good;
+  negative[negative.size() - 1] = 0x80;  // the last count's sign byte
+  refused(negative, "negative bin count");
+  CHECK(histogram<float>::from_bytes(good).to_bytes() == good);
 }
