@@ -13,7 +13,8 @@
 ///   qsafe::histogram<float> total(ranges), part(ranges);   // fixed grids: one pass
 ///   part.observe(qsafe::simd, my_batch);
 ///   total.merge(part);                                     // exact: integer counts on identical edges
-///   send(part.to_bytes());  /* elsewhere: */ total.merge(qsafe::histogram<float>::from_bytes(received));
+///   send(part.to_bytes()); /* elsewhere: */
+///   total.merge(qsafe::histogram<float>::from_bytes(received));
 /// \endcode
 ///
 /// Contract:

@@ -20,15 +20,19 @@ TEST_CASE("histogram.hpp snippet: two passes, then a fixed grid merged across pa
   std::vector<std::int64_t> c = h.counts(0);
   // --8<-- [histogram]
   const std::vector<qsafe::value_range> ranges = {h.grid(0)};
+  std::vector<std::uint8_t> received;  // another process's bytes, here our own
+  const auto send = [&](std::vector<std::uint8_t> bytes) { received = std::move(bytes); };
   // --8<-- [merge]
   qsafe::histogram<float> total(ranges), part(ranges);  // fixed grids: one pass
   part.observe(qsafe::simd, my_batch);
-  total.merge(part);  // exact: integer counts on identical edges
+  total.merge(part);     // exact: integer counts on identical edges
+  send(part.to_bytes()); /* elsewhere: */
+  total.merge(qsafe::histogram<float>::from_bytes(received));
   // --8<-- [merge]
   std::int64_t sum = 0;
   for (const std::int64_t v : c) sum += v;
   CHECK(sum == 8192);
-  CHECK(total.total(0) == 4096);
+  CHECK(total.total(0) == 8192);  // the part merged twice: directly and through its bytes
 }
 
 TEST_CASE("histogram_estimators.hpp snippet: a 4-bit MSE search", "[doc]") {
