@@ -301,7 +301,7 @@ class histogram {
     w.u8(merged_counts_ ? 1 : 0);
     w.i64(nan_);
     w.i64(inf_);
-    for (std::size_t c = 0; c < first_.size(); ++c) {
+    for (std::size_t c = 0; c < first_.size(); ++c) {  // pass 1's state: none on fixed grids
       w.real(first_[c].lo);
       w.real(first_[c].hi);
       w.i64(finite_[c]);
@@ -362,6 +362,10 @@ class histogram {
     h.nan_ = r.i64();
     h.inf_ = r.i64();
     if (h.nan_ < 0 || h.inf_ < 0) r.fail("has a negative NaN or inf count");
+    if (h.fixed_) {  // one pass on given ranges: no pass-1 state (as the ranges constructor leaves it)
+      h.first_.clear();
+      h.finite_.clear();
+    }
     for (std::size_t c = 0; c < h.first_.size(); ++c) {
       h.first_[c].lo = r.template real<T>();
       h.first_[c].hi = r.template real<T>();

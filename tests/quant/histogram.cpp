@@ -366,10 +366,26 @@ TEMPLATE_TEST_CASE("a histogram's bytes rebuild it exactly at every stage; worke
     CHECK(all_counts(total) == all_counts(whole));
     CHECK(total.nan_count() == 1);
     CHECK(whole.nan_count() == 1);
+    std::vector<value_range> ranges;
     for (index_t c = 0; c < layout.channels; ++c) {
       CHECK(total.grid(c).lo == whole.grid(c).lo);
       CHECK(total.grid(c).hi == whole.grid(c).hi);
+      ranges.push_back(whole.grid(c));
     }
+
+    // The other recipe: fixed grids on agreed ranges, one pass; copies before and after counting, parts merged
+    // through bytes (here NaN is counted in the one pass, once per worker that saw it).
+    histogram<T> fixed(ranges, layout, options);
+    CHECK(roundtrip(fixed).pass() == 1);
+    histogram<T> merged = roundtrip(fixed);
+    for (std::size_t w = 0; w < 3; ++w) {
+      histogram<T> worker = roundtrip(fixed);
+      for (std::size_t i = w; i < batches.size(); i += 3) worker.observe(simd, batches[i]);
+      merged.merge(histogram<T>::from_bytes(worker.to_bytes()));
+    }
+    CHECK(all_counts(merged) == all_counts(whole));
+    CHECK(merged.nan_count() == 1);
+    CHECK(roundtrip(merged).to_bytes() == merged.to_bytes());
   }
 }
 
