@@ -193,6 +193,11 @@ BENCHMARK_CAPTURE(min_max, simd, qsafe::simd)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 BENCHMARK_CAPTURE(min_max, cpu, qsafe::cpu)->Arg(small_size)->Unit(benchmark::kMillisecond)->UseRealTime();
+// All OpenMP threads (OMP_NUM_THREADS): blocks of rows per thread.
+BENCHMARK_CAPTURE(min_max, simd_parallel, qsafe::simd_parallel)
+    ->Arg(small_size)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 BENCHMARK_CAPTURE(moments, simd, qsafe::simd)
     ->Arg(small_size)
     ->Arg(large_size)

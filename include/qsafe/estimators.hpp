@@ -37,6 +37,7 @@
 
 #include "qsafe/detail/check.hpp"
 #include "qsafe/detail/estimator_rules.hpp"
+#include "qsafe/detail/parallel.hpp"
 #include "qsafe/detail/scalar/range.hpp"
 #include "qsafe/detail/scalar/select.hpp"
 #include "qsafe/detail/simd/range.hpp"
@@ -93,22 +94,43 @@ std::vector<value_range> batch_ranges(const Policy& policy, std::string_view fun
   check_batch(function, layout, x);
   const auto channels = static_cast<std::size_t>(layout.channels);
   constexpr T inf = std::numeric_limits<T>::infinity();
+  // A block of rows per thread into its own lo / hi, then folded in thread order: min and max are exact, and the
+  // row order is kept, so the ranges do not depend on the thread count.
+  const int threads = thread_count(policy);
+  const auto team = static_cast<std::size_t>(team_size(threads, x.rows));
+  std::vector<std::vector<T>> los(team), his(team);
+  std::vector<char> finite(team, 1);
+  for_each_block(threads, x.rows, [&](int t, index_t begin, index_t end) {
+    std::vector<T>& lo = los[static_cast<std::size_t>(t)];
+    std::vector<T>& hi = his[static_cast<std::size_t>(t)];
+    lo.assign(channels, inf);
+    hi.assign(channels, -inf);
+    bool ok = true;
+    for (index_t r = begin; r < end; ++r) {
+      if (layout.axis == channel_axis::column) {
+        ok = column_range(policy, x.row(r), x.cols, lo.data(), hi.data()) && ok;
+      } else {
+        const row_range_result<T> rr = row_range(policy, x.row(r), x.cols);
+        const auto c = static_cast<std::size_t>(r % layout.channels);
+        lo[c] = std::min(lo[c], rr.lo);
+        hi[c] = std::max(hi[c], rr.hi);
+        ok = ok && rr.finite;
+      }
+    }
+    finite[static_cast<std::size_t>(t)] = ok ? 1 : 0;
+  });
+  if (std::find(finite.begin(), finite.end(), 0) != finite.end()) fail_non_finite(function, x);
   std::vector<T> lo(channels, inf), hi(channels, -inf);
-  bool finite = true;
-  for (index_t r = 0; r < x.rows; ++r) {
-    if (layout.axis == channel_axis::column) {
-      finite = column_range(policy, x.row(r), x.cols, lo.data(), hi.data()) && finite;
-    } else {
-      const row_range_result<T> rr = row_range(policy, x.row(r), x.cols);
-      const auto c = static_cast<std::size_t>(r % layout.channels);
-      lo[c] = std::min(lo[c], rr.lo);
-      hi[c] = std::max(hi[c], rr.hi);
-      finite = finite && rr.finite;
+  for (std::size_t t = 0; t < team; ++t) {
+    for (std::size_t c = 0; c < los[t].size(); ++c) {
+      lo[c] = std::min(lo[c], los[t][c]);
+      hi[c] = std::max(hi[c], his[t][c]);
     }
   }
-  if (!finite) fail_non_finite(function, x);
+  // + 0: a zero end is +0 whichever sign of zero the fold met first (the only thing the grouping could change)
   std::vector<value_range> out(channels);
-  for (std::size_t c = 0; c < channels; ++c) out[c] = {static_cast<double>(lo[c]), static_cast<double>(hi[c])};
+  for (std::size_t c = 0; c < channels; ++c)
+    out[c] = {static_cast<double>(lo[c] + T(0)), static_cast<double>(hi[c] + T(0))};
   return out;
 }
 

@@ -82,39 +82,6 @@ inline void check_histogram_options(std::string_view function, const histogram_o
   }
 }
 
-// Splits rows [0, rows) into one contiguous block per thread: f(thread, begin, end). Returns the team size.
-template <class F>
-int for_each_block(int threads, index_t rows, F&& f) {
-#if defined(_OPENMP)
-  if (threads != 1 && rows > 1) {
-    const int team = static_cast<int>(std::min<index_t>(threads > 0 ? threads : omp_get_max_threads(), rows));
-#pragma omp parallel num_threads(team)
-    {
-      const int t = omp_get_thread_num();
-      const index_t begin = rows * t / team, end = rows * (t + 1) / team;
-      f(t, begin, end);
-    }
-    return team;
-  }
-#else
-  (void)threads;
-#endif
-  f(0, index_t(0), rows);
-  return 1;
-}
-
-inline int team_size(int threads, index_t rows) {
-#if defined(_OPENMP)
-  if (threads != 1 && rows > 1) {
-    return static_cast<int>(std::min<index_t>(threads > 0 ? threads : omp_get_max_threads(), rows));
-  }
-#else
-  (void)threads;
-#endif
-  (void)rows;
-  return 1;
-}
-
 }  // namespace detail
 
 /// A per-tensor or per-channel histogram with 64-bit counts on a grid fixed by a first min-max pass (two passes,

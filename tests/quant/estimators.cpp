@@ -3,8 +3,10 @@
 // estimators against per-tensor estimators on each channel's values.
 
 #include <algorithm>
+#include <bit>
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
 #include "qsafe/estimators.hpp"
@@ -68,6 +70,44 @@ TEMPLATE_TEST_CASE("min-max estimator gives the extremes over all batches and me
     CHECK(right.range().hi == whole.range().hi);
     CHECK(whole.qparams(8, quant_mode::asymmetric) == make_qparams<T>({lo, hi}, 8, quant_mode::asymmetric));
     CHECK_FALSE(whole.next_pass());
+  }
+}
+
+TEMPLATE_TEST_CASE(
+    "min-max ranges are the same for 1, 2 and 3 threads, per tensor and per channel; a NaN in any "
+    "thread's rows is found",
+    "[estimators][min_max][threads]", float, double) {
+  using T = TestType;
+  QSAFE_TEST_RNG(random);
+  const index_t rows = random.integer(2, 60), cols = random.integer(1, 200);
+  std::vector<T> x = make_data<T>(random, data_kind::heavy_tailed, rows * cols);
+  // Non-negative with both zeros planted in one column, in the first and the last row (the first and the last
+  // thread's blocks): that column's minimum is a zero whose sign a different grouping of the fold could change.
+  for (T& v : x) v = std::fabs(v);
+  const index_t zero_col = random.integer(0, cols - 1);
+  x[static_cast<std::size_t>(zero_col)] = T(-0.0);
+  x[static_cast<std::size_t>((rows - 1) * cols + zero_col)] = T(0.0);
+  const matrix_view<const T> xv(x.data(), rows, cols);
+  for (const channel_layout layout :
+       {channel_layout{}, channel_layout{channel_axis::column, cols}, channel_layout{channel_axis::row, rows}}) {
+    INFO(rows << " x " << cols << ", axis " << static_cast<int>(layout.axis) << ", " << layout.channels << " channels");
+    min_max_estimator<T> one(layout);
+    one.observe(simd, xv);
+    for (const int threads : {2, 3}) {
+      min_max_estimator<T> many(layout);
+      many.observe(simd_t{threads}, xv);
+      for (index_t c = 0; c < layout.channels; ++c) {
+        const auto a = one.ranges()[static_cast<std::size_t>(c)], b = many.ranges()[static_cast<std::size_t>(c)];
+        CHECK(std::bit_cast<std::uint64_t>(a.lo) == std::bit_cast<std::uint64_t>(b.lo));  // signed zeros too
+        CHECK(std::bit_cast<std::uint64_t>(a.hi) == std::bit_cast<std::uint64_t>(b.hi));
+      }
+    }
+    for (const index_t r : {index_t(0), rows - 1}) {  // the first thread's block and the last one's
+      std::vector<T> bad = x;
+      bad[static_cast<std::size_t>(r * cols + random.integer(0, cols - 1))] = std::numeric_limits<T>::quiet_NaN();
+      min_max_estimator<T> e(layout);
+      CHECK_THROWS_WITH(e.observe(simd_t{3}, matrix_view<const T>(bad.data(), rows, cols)), Catch::Contains("NaN"));
+    }
   }
 }
 
