@@ -10,6 +10,10 @@
 #include <string>
 #include <vector>
 
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
 #include "qsafe/histogram.hpp"
 #include "support/backends.hpp"
 #include "support/distributions.hpp"
@@ -121,6 +125,31 @@ TEMPLATE_TEST_CASE("any split into batches, threads and merged parts gives the i
     REQUIRE_FALSE(a.next_pass());
     REQUIRE(all_counts(a) == all_counts(whole));
   }
+}
+
+// Inside another parallel region OpenMP grants a nested team of one thread: the row blocks must still cover every
+// row (they were split for the team asked for, and two thirds of the rows went uncounted).
+TEST_CASE("a histogram observed from inside a parallel region counts every row", "[histogram][threads]") {
+#if defined(_OPENMP)
+  QSAFE_TEST_RNG(random);
+  const index_t rows = random.integer(6, 40), cols = random.integer(1, 300);
+  const std::vector<float> x = make_data<float>(random, data_kind::normal, rows * cols);
+  const matrix_view<const float> xv(x.data(), rows, cols);
+  const histogram<float> serial = two_pass<float>(simd, {xv});
+  const value_range grid = serial.grid(0);
+  std::vector<std::vector<std::int64_t>> nested(2);
+#pragma omp parallel num_threads(2)
+  {
+    histogram<float> h(std::span<const value_range>(&grid, 1));
+    h.observe(simd_t{3}, xv);
+    nested[static_cast<std::size_t>(omp_get_thread_num())] = all_counts(h);
+  }
+  for (const auto& counts : nested) {
+    if (!counts.empty()) CHECK(counts == all_counts(serial));
+  }
+#else
+  WARN("built without OpenMP: nothing nested to test");
+#endif
 }
 
 TEMPLATE_TEST_CASE("per-channel histograms equal per-tensor histograms of each channel's values", "[histogram]",
