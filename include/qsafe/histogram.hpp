@@ -343,6 +343,7 @@ class histogram {
     if (has_grids != (pass > 0)) r.fail("has grids in pass 0, or none after it");
     if (has_grids) {
       r.need(channels, 2 * sizeof(T));
+      r.need(channels * static_cast<std::uint64_t>(options.bins + 1), 8);  // the counts, before they are allocated
       std::vector<value_range> ranges;
       for (std::uint64_t c = 0; c < channels; ++c) {
         const T lo = r.template real<T>(), hi = r.template real<T>();

@@ -451,6 +451,9 @@ TEST_CASE("bytes that are not a histogram's state are refused naming 'bytes'", "
   auto bins = good;
   bins[18] = 0;  // the bin count's low byte
   refused(bins, "bins");
+  auto huge = good;  // 2^24 bins: refused from the length (the counts' bytes are not there), not by allocating them
+  huge[18] = 0, huge[21] = 0x01;
+  refused(huge, "ends early");
   auto negative = good;
   negative[negative.size() - 1] = 0x80;  // the last count's sign byte
   refused(negative, "negative bin count");
