@@ -98,13 +98,10 @@ void increment_yardstick(benchmark::State& state) {
   const std::vector<float>& x = shared(n).x;
   constexpr index_t bins = 2048, tables = 8;
   const index_t stride = qsafe::detail::histogram_table_stride<std::uint32_t>(bins, tables);
-  const auto [lo, hi] = std::minmax_element(x.begin(), x.end());
-  const qsafe::detail::grid_lanes<float> g{*lo, *hi, static_cast<float>(bins) / (*hi - *lo),
-                                           static_cast<float>(bins - 1), static_cast<std::int32_t>(bins)};
+  const qsafe::histogram<float> h(channel_ranges(qsafe::matrix_view<const float>(x.data(), n / cols, cols), {}));
   std::vector<std::int32_t> slots(x.size());
   for (std::size_t i = 0; i < x.size(); ++i) {
-    slots[i] =
-        qsafe::detail::scalar::bin_of(g, x[i]) + static_cast<std::int32_t>(static_cast<index_t>(i % tables) * stride);
+    slots[i] = h.bin_of(0, x[i]) + static_cast<std::int32_t>(static_cast<index_t>(i % tables) * stride);
   }
   std::vector<std::uint32_t> table(static_cast<std::size_t>(tables * stride));
   for (auto _ : state) {

@@ -342,8 +342,8 @@ class histogram {
     const bool has_grids = r.u8() == 1;
     if (has_grids != (pass > 0)) r.fail("has grids in pass 0, or none after it");
     if (has_grids) {
-      r.need(channels, 2 * sizeof(T));
-      r.need(channels * static_cast<std::uint64_t>(options.bins + 1), 8);  // the counts, before they are allocated
+      // the counts (at least the grids' bytes too) must be there before they are allocated
+      r.need(channels * static_cast<std::uint64_t>(options.bins + 1), 8);
       std::vector<value_range> ranges;
       for (std::uint64_t c = 0; c < channels; ++c) {
         const T lo = r.template real<T>(), hi = r.template real<T>();
@@ -357,7 +357,6 @@ class histogram {
       } catch (const std::invalid_argument& e) {
         r.fail(std::string("holds a grid no histogram can have: ") + e.what());
       }
-      r.need(h.counts_.size(), 8);
       for (std::int64_t& n : h.counts_) {
         n = r.i64();
         if (n < 0) r.fail("has a negative bin count");

@@ -9,12 +9,12 @@
 #include <cstring>
 #include <fstream>
 #include <map>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "qsafe/histogram_estimators.hpp"
 #include "qsafe/quant.hpp"
+#include "quant/golden_records.hpp"
 
 using namespace qsafe;
 
@@ -34,31 +34,23 @@ struct golden {
 
 golden read_golden() {
   golden g;
-  std::ifstream text(std::string(QSAFE_GOLDEN_DIR) + "/histogram_observer.txt");
   std::ifstream binary(std::string(QSAFE_GOLDEN_DIR) + "/histogram_data.bin", std::ios::binary);
-  REQUIRE(text.good());
   REQUIRE(binary.good());
-  std::string line;
-  while (std::getline(text, line)) {
-    std::istringstream in(line);
-    std::string key;
-    in >> key;
-    if (key == "data") {
-      std::string name;
-      std::size_t n = 0;
-      in >> name >> n;
+  for (const test::record& r : test::read_golden("histogram_observer.txt")) {
+    if (r.key == "data") {
+      const auto n = static_cast<std::size_t>(std::stoull(r.values.at(1)));
       std::vector<float> values(n);
       std::vector<char> bytes(n * 4);
       binary.read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
       REQUIRE(binary.good());
       std::memcpy(values.data(), bytes.data(), bytes.size());  // little-endian float32, as this machine
-      g.data[name] = std::move(values);
-    } else if (key == "observer") {
+      g.data[r.values.at(0)] = std::move(values);
+    } else if (r.key == "observer") {  // data bits quant_min quant_max lo hi scale zero_point error
       observer_golden o;
-      std::string qmin, qmax, lo, hi, scale, zp, err;
-      in >> o.data >> o.bits >> qmin >> qmax >> lo >> hi >> scale >> zp >> err;
-      o.params = {std::strtod(scale.c_str(), nullptr), std::stoi(zp), std::stoi(qmin), std::stoi(qmax)};
-      o.error = std::strtod(err.c_str(), nullptr);
+      o.data = r.values.at(0);
+      o.bits = r.integer(1);
+      o.params = {r.number(6), r.integer(7), r.integer(2), r.integer(3)};
+      o.error = r.number(8);
       g.observers.push_back(o);
     }
   }

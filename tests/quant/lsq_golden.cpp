@@ -6,14 +6,12 @@
 
 #include <catch2/catch.hpp>
 #include <cmath>
-#include <cstdlib>
-#include <fstream>
 #include <map>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "qsafe/lsq.hpp"
+#include "quant/golden_records.hpp"
 #include "support/backends.hpp"
 
 using namespace qsafe;
@@ -34,27 +32,23 @@ struct lsq_case {
   index_t channels() const { return static_cast<index_t>(values.at("scale").size()); }
 };
 
+// lsq.txt's records: "case <name> <layout> <rows> <cols> <quant_min> <quant_max> <grad_factor>", then that case's
+// value lists, one key each.
 std::vector<lsq_case> read_cases() {
-  std::ifstream in(std::string(QSAFE_GOLDEN_DIR) + "/lsq.txt");
-  REQUIRE(in.good());  // committed next to generate_lsq_golden.py
   std::vector<lsq_case> cases;
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.empty() || line[0] == '#') continue;
-    std::istringstream tokens(line);
-    std::string key;
-    tokens >> key;
-    if (key == "case") {
+  for (const test::record& r : test::read_golden("lsq.txt")) {
+    if (r.key == "case") {
       lsq_case c;
-      std::string factor;
-      tokens >> c.name >> c.layout >> c.rows >> c.cols >> c.quant_min >> c.quant_max >> factor;
-      c.grad_factor = std::strtod(factor.c_str(), nullptr);
+      c.name = r.values.at(0);
+      c.layout = r.values.at(1);
+      c.rows = r.integer(2), c.cols = r.integer(3);
+      c.quant_min = r.integer(4), c.quant_max = r.integer(5);
+      c.grad_factor = r.number(6);
       cases.push_back(std::move(c));
       continue;
     }
     REQUIRE(!cases.empty());
-    std::vector<double>& v = cases.back().values[key];
-    for (std::string s; tokens >> s;) v.push_back(std::strtod(s.c_str(), nullptr));
+    cases.back().values[r.key] = r.numbers<double>();
   }
   REQUIRE(cases.size() == 16);
   return cases;

@@ -4,10 +4,10 @@
 
 #include <bit>
 #include <cstdint>
-#include <cstring>
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "qsafe/detail/check.hpp"
