@@ -1,12 +1,14 @@
 // CUDA fake-quantization (per tensor and per channel) against the CPU reference: bit-identical for float, and equal to
 // the float result rounded once for half / bfloat16; fresh random parameters (2 to 16 bits, both modes), inputs with
-// exact ties, NaN, ±inf and huge values, awkward shapes, poisoned outputs.
+// exact ties, NaN, ±inf and huge values, awkward shapes, poisoned outputs; every rounding mode and STE mask.
 
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "qsafe/cuda/quant.cuh"
@@ -169,4 +171,114 @@ TEMPLATE_TEST_CASE("CUDA per-channel fake_quantize and its backward equal the CP
   check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
   CHECK(y.download());
   for (const float v : y.host) CHECK(v == test_matrix<T>::poison());
+}
+
+TEMPLATE_TEST_CASE(
+    "CUDA fake_quantize options (rounding modes, stochastic draws, STE masks) equal the CPU's bit for bit",
+    "[cuda][quant][options]", QSAFE_CUDA_ELEMENTS) {
+  using T = TestType;
+  QSAFE_TEST_RNG(random);
+  index_t checked = 0, stochastic_ups = 0, stochastic_ties = 0;
+  const std::pair<rounding_mode, ste_mask> settings[] = {{rounding_mode::half_away_from_zero, ste_mask::rounded_code},
+                                                         {rounding_mode::stochastic, ste_mask::rounded_code},
+                                                         {rounding_mode::half_to_even, ste_mask::float_range},
+                                                         {rounding_mode::half_to_even, ste_mask::unclipped},
+                                                         {rounding_mode::stochastic, ste_mask::float_range},
+                                                         {rounding_mode::half_away_from_zero, ste_mask::unclipped}};
+  for (const index_t cols : {1L, 7L, 64L, 1003L, random.integer(2, 2000)}) {
+    for (const auto& [rounding, mask] : settings) {
+      for (const int granularity : {0, 1, 2}) {  // per tensor, channels along columns, along rows
+        gpu_shape s = random_gpu_shape<T>(random, cols);
+        const channel_axis axis = granularity == 2 ? channel_axis::row : channel_axis::column;
+        const index_t channels = granularity == 0 ? 1 : granularity == 1 ? cols : random.integer(1, 5);
+        s.rows = (s.rows + channels - 1) / channels * channels;
+        std::vector<quant_params> params;
+        for (index_t c = 0; c < channels; ++c) {
+          const double lo = random.uniform(-20, 5), hi = lo + random.uniform(0, 30);
+          params.push_back(make_qparams<float>({lo, hi}, static_cast<int>(random.integer(2, 12)),
+                                               random.coin() ? quant_mode::asymmetric : quant_mode::symmetric));
+        }
+        fake_quant_options options;
+        options.rounding = rounding;
+        options.mask = mask;
+        options.seed = static_cast<std::uint64_t>(random.integer(0, 1L << 40));
+        // Offsets that cross a 2^32 boundary of the stream inside the tensor (the hash keys change there).
+        options.index_offset = random.coin() ? static_cast<std::uint64_t>(random.integer(0, 1000))
+                                             : (std::uint64_t(1) << 32) - static_cast<std::uint64_t>(s.rows * cols / 2);
+        INFO("cols " << cols << ", rows " << s.rows << ", stride " << s.stride << ", misalign " << s.misalign
+                     << ", rounding " << static_cast<int>(rounding) << ", mask " << static_cast<int>(mask)
+                     << ", granularity " << granularity << ", seed " << options.seed << ", offset "
+                     << options.index_offset);
+        test_matrix<T> x(s), y(s), dy(s), dx(s);
+        for (index_t r = 0; r < s.rows; ++r) {
+          for (index_t c = 0; c < cols; ++c) {
+            const quant_params& p = params[static_cast<std::size_t>(granularity == 0   ? 0
+                                                                    : granularity == 1 ? c
+                                                                                       : r % channels)];
+            const long pick = random.integer(0, 19);
+            const double code = static_cast<double>(random.integer(p.quant_min - 3, p.quant_max + 3) - p.zero_point);
+            const double v = pick == 0   ? std::numeric_limits<double>::quiet_NaN()
+                             : pick == 1 ? -std::numeric_limits<double>::infinity()
+                             : pick < 9  ? (code + (pick < 5 ? 0.5 : -0.5)) * p.scale  // ties, both signs
+                                         : random.normal(0.0, p.scale * (p.quant_max - p.quant_min) / 4);
+            x(r, c) = round_to<T>(static_cast<float>(v));
+          }
+        }
+        x.upload();
+        fill_normal(random, dy);
+        std::vector<float> want_y(x.host.size()), want_dx(x.host.size());
+        const matrix_view<float> wy(want_y.data(), s.rows, s.cols, s.stride),
+            wdx(want_dx.data(), s.rows, s.cols, s.stride);
+        if (granularity == 0) {
+          fake_quantize(cuda_t{}, x.cview(), params[0], y.view(), options);
+          fake_quantize_backward(cuda_t{}, x.cview(), params[0], dy.cview(), dx.view(), options);
+          fake_quantize(cpu, x.host_view(), params[0], wy, options);
+          fake_quantize_backward(cpu, x.host_view(), params[0], dy.host_view(), wdx, options);
+        } else {
+          const std::span<const quant_params> ps(params);
+          fake_quantize(cuda_t{}, x.cview(), ps, axis, y.view(), options);
+          fake_quantize_backward(cuda_t{}, x.cview(), ps, axis, dy.cview(), dx.view(), options);
+          fake_quantize(cpu, x.host_view(), ps, axis, wy, options);
+          fake_quantize_backward(cpu, x.host_view(), ps, axis, dy.host_view(), wdx, options);
+        }
+        check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+        REQUIRE(y.download());
+        REQUIRE(dx.download());
+        for (index_t r = 0; r < s.rows; ++r) {
+          for (index_t c = 0; c < s.cols; ++c) {
+            INFO("row " << r << ", col " << c << ": x " << x(r, c) << ", y " << y(r, c) << " want "
+                        << round_to<T>(wy(r, c)) << ", dx " << dx(r, c) << " want " << wdx(r, c));
+            REQUIRE(same_bits(y(r, c), round_to<T>(wy(r, c))));
+            REQUIRE(same_bits(dx(r, c), wdx(r, c)));
+            ++checked;
+          }
+        }
+        // The stochastic case really draws: the same tie goes both ways across the tensor.
+        if (rounding == rounding_mode::stochastic && granularity == 0) {
+          const quant_params& p = params[0];
+          for (index_t r = 0; r < s.rows; ++r) {
+            for (index_t c = 0; c < cols; ++c) {
+              const float inv_scale = 1.0f / static_cast<float>(p.scale);  // as to_lanes computes it
+              const float v = static_cast<float>(x(r, c)) * inv_scale;
+              if (std::isfinite(v) && v - std::floor(v) == 0.5f && std::fabs(v) < 1e6f) {
+                ++stochastic_ties;
+                stochastic_ups += wy(r, c) > static_cast<float>(x(r, c)) ? 1 : 0;
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  CHECK(checked > 1000);
+  // Ties above: each goes up with probability 1/2; with a few hundred ties both ways must occur.
+  if (stochastic_ties > 100) {
+    CHECK(stochastic_ups > 0);
+    CHECK(stochastic_ups < stochastic_ties);
+  }
+  // A bad option is refused naming it, before anything is launched.
+  test_matrix<T> x(gpu_shape{2, 4, 4, 0}), y(gpu_shape{2, 4, 4, 0});
+  fake_quant_options bad;
+  bad.rounding = static_cast<rounding_mode>(7);
+  CHECK_THROWS_WITH(fake_quantize(cuda_t{}, x.cview(), quant_params{}, y.view(), bad), Contains("'options'"));
 }

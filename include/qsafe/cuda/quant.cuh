@@ -13,9 +13,11 @@
 /// - float: bit-identical to `qsafe::cpu` (the same fp32 operations, none contracted);
 /// - half / bfloat16: the input widened to fp32 exactly, the float computation above, the result rounded once
 ///   (so equal to the float result rounded to the element type);
+/// - the host's `fake_quant_options` (last argument): rounding half to even (default), half away from zero, or
+///   stochastic with the same counter-based draws as the host (element (r, j) has stream index
+///   `index_offset + r·cols + j`), so a seeded run gives the same bits on the GPU and the CPU; the backward's STE mask;
 /// - asynchronous on `stream` (per channel: after the parameters' copy, see below); launch errors throw
-///   `qsafe::cuda_error`. The rounding and mask options of the host functions (`fake_quant_options`): not on CUDA
-///   (the defaults: half to even, PyTorch's mask).
+///   `qsafe::cuda_error`.
 
 #include <climits>
 #include <span>
@@ -31,28 +33,31 @@ namespace qsafe {
 /// Fake-quantize per tensor: `y = (clip(z + nearbyint(x·inv_s), quant_min, quant_max) − z)·s`.
 template <cuda_element T>
 void fake_quantize(const cuda_t& policy, matrix_view<const std::type_identity_t<T>> x, const quant_params& params,
-                   matrix_view<T> y) {
+                   matrix_view<T> y, const fake_quant_options& options = {}) {
   detail::check_view("fake_quantize", "x", x);
   detail::check_same_shape("fake_quantize", "y", y, "x", x);
   detail::check_params("fake_quantize", "params", params);
+  detail::check_options("fake_quantize", options);
   if (x.cols > INT_MAX / 2) detail::fail("fake_quantize", "x", "has more than INT_MAX / 2 columns");
   if (x.empty()) return;
-  detail::cuda::fake_quantize(policy.stream, detail::cuda::tensor_params{detail::to_lanes<float>(params)}, x, y);
+  detail::cuda::fake_quantize(policy.stream, detail::cuda::tensor_params{detail::to_lanes<float>(params)}, x, y,
+                              options);
 }
 
 /// Straight-through backward: `dx = dy` where the unclamped code lies in `[quant_min, quant_max]`, else 0.
 template <cuda_element T>
 void fake_quantize_backward(const cuda_t& policy, matrix_view<const std::type_identity_t<T>> x,
                             const quant_params& params, matrix_view<const std::type_identity_t<T>> dy,
-                            matrix_view<T> dx) {
+                            matrix_view<T> dx, const fake_quant_options& options = {}) {
   detail::check_view("fake_quantize_backward", "x", x);
   detail::check_same_shape("fake_quantize_backward", "dy", dy, "x", x);
   detail::check_same_shape("fake_quantize_backward", "dx", dx, "x", x);
   detail::check_params("fake_quantize_backward", "params", params);
+  detail::check_options("fake_quantize_backward", options);
   if (x.cols > INT_MAX / 2) detail::fail("fake_quantize_backward", "x", "has more than INT_MAX / 2 columns");
   if (x.empty()) return;
   detail::cuda::fake_quantize_backward(policy.stream, detail::cuda::tensor_params{detail::to_lanes<float>(params)}, x,
-                                       dy, dx);
+                                       dy, dx, options);
 }
 
 /// Fake-quantize per channel: column j takes `params[j]` (`channel_axis::column`, params.size() == cols), or row r
@@ -60,29 +65,34 @@ void fake_quantize_backward(const cuda_t& policy, matrix_view<const std::type_id
 /// device first (from pageable memory: the call waits for the work already queued on the stream).
 template <cuda_element T>
 void fake_quantize(const cuda_t& policy, matrix_view<const std::type_identity_t<T>> x,
-                   std::span<const quant_params> params, channel_axis axis, matrix_view<T> y) {
+                   std::span<const quant_params> params, channel_axis axis, matrix_view<T> y,
+                   const fake_quant_options& options = {}) {
   detail::check_view("fake_quantize", "x", x);
   detail::check_same_shape("fake_quantize", "y", y, "x", x);
   detail::check_channels("fake_quantize", params, axis, x.rows, x.cols);
+  detail::check_options("fake_quantize", options);
   if (x.cols > INT_MAX / 2) detail::fail("fake_quantize", "x", "has more than INT_MAX / 2 columns");
   if (x.empty()) return;
-  detail::cuda::with_channel_params("fake_quantize", policy.stream, params, axis,
-                                    [&](const auto& p) { detail::cuda::fake_quantize(policy.stream, p, x, y); });
+  detail::cuda::with_channel_params("fake_quantize", policy.stream, params, axis, [&](const auto& p) {
+    detail::cuda::fake_quantize(policy.stream, p, x, y, options);
+  });
 }
 
 /// Straight-through backward per channel (parameters as for the per-channel fake_quantize).
 template <cuda_element T>
 void fake_quantize_backward(const cuda_t& policy, matrix_view<const std::type_identity_t<T>> x,
                             std::span<const quant_params> params, channel_axis axis,
-                            matrix_view<const std::type_identity_t<T>> dy, matrix_view<T> dx) {
+                            matrix_view<const std::type_identity_t<T>> dy, matrix_view<T> dx,
+                            const fake_quant_options& options = {}) {
   detail::check_view("fake_quantize_backward", "x", x);
   detail::check_same_shape("fake_quantize_backward", "dy", dy, "x", x);
   detail::check_same_shape("fake_quantize_backward", "dx", dx, "x", x);
   detail::check_channels("fake_quantize_backward", params, axis, x.rows, x.cols);
+  detail::check_options("fake_quantize_backward", options);
   if (x.cols > INT_MAX / 2) detail::fail("fake_quantize_backward", "x", "has more than INT_MAX / 2 columns");
   if (x.empty()) return;
   detail::cuda::with_channel_params("fake_quantize_backward", policy.stream, params, axis, [&](const auto& p) {
-    detail::cuda::fake_quantize_backward(policy.stream, p, x, dy, dx);
+    detail::cuda::fake_quantize_backward(policy.stream, p, x, dy, dx, options);
   });
 }
 

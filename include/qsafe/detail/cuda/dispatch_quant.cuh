@@ -1,7 +1,7 @@
 #pragma once
 // Launch geometry of the elementwise fake-quantization kernels: a contiguous matrix is one long row; blocks of
-// 256 threads, each thread one 16-byte packet per step, at most `max_blocks_x` blocks along a row (grid-stride
-// beyond), rows over the y dimension.
+// 256 threads, each thread 16-byte packets (several in flight), at most `max_blocks_x` blocks along a row
+// (grid-stride beyond), rows over the y dimension.
 
 #include <cuda_runtime.h>
 
@@ -27,12 +27,12 @@ struct quant_tuning {
 };
 
 // Calls launch(packet, grid, rows, cols) for the matrix (rows x cols with the strides given), flattening a
-// contiguous one into a single row when its size fits an int.
-// `max_blocks_y` bounds the blocks along the rows (per-channel parameters: fewer, so that each thread takes its
-// column parameters once for many rows).
+// contiguous one into a single row when its size fits an int. Per-channel launches (`one_wave`) keep rows as rows and
+// bound the blocks along them so that the whole grid is one wave: each thread then takes its column parameters once
+// for many rows (256 row-blocks left a bf16 launch of 4096 columns at half occupancy).
 template <class T, class Launch>
 void launch_elementwise(std::string_view function, index_t rows, index_t cols, bool contiguous, bool aligned,
-                        Launch&& launch, index_t max_blocks_y = quant_tuning::max_blocks_y) {
+                        bool one_wave, Launch&& launch) {
   if (contiguous && rows * cols <= INT_MAX / 2) {
     cols *= rows;
     rows = 1;
@@ -40,8 +40,10 @@ void launch_elementwise(std::string_view function, index_t rows, index_t cols, b
   const auto go = [&](auto packet) {
     constexpr int N = decltype(packet)::value;
     const index_t steps = (cols + N * quant_tuning::block_threads - 1) / (N * quant_tuning::block_threads);
-    const dim3 grid(static_cast<unsigned>(std::min(steps, quant_tuning::max_blocks_x)),
-                    static_cast<unsigned>(std::min(rows, max_blocks_y)));
+    const index_t blocks_x = std::min(steps, quant_tuning::max_blocks_x);
+    const index_t blocks_y =
+        one_wave ? std::max<index_t>(1, quant_tuning::max_blocks_x / blocks_x) : quant_tuning::max_blocks_y;
+    const dim3 grid(static_cast<unsigned>(blocks_x), static_cast<unsigned>(std::min(rows, blocks_y)));
     launch(packet, grid, rows, static_cast<int>(cols));
   };
   if (aligned) {
@@ -52,44 +54,41 @@ void launch_elementwise(std::string_view function, index_t rows, index_t cols, b
   check(cudaGetLastError(), function, "the kernel launch");
 }
 
-// Blocks along the rows: per-tensor as many as the rows (up to 65535); per channel 256, so each thread of a
-// column-channel launch loads its parameters once for rows / 256 rows.
-template <class Params>
-constexpr index_t rows_blocks() {
-  return std::is_same_v<Params, tensor_params> ? quant_tuning::max_blocks_y : 256;
-}
-
 // Params: tensor_params (a contiguous matrix is then walked as one row), or per channel (row_channel_params,
-// column_channel_params: rows stay rows).
+// column_channel_params: rows stay rows). The stochastic stream index of element (r, j) is
+// options.index_offset + r·cols + j, as on the host (flattening keeps it).
 template <class Params, class T>
-void fake_quantize(cudaStream_t stream, const Params& p, matrix_view<const T> x, matrix_view<T> y) {
-  const bool contiguous =
-      std::is_same_v<Params, tensor_params> && (x.rows <= 1 || (x.row_stride == x.cols && y.row_stride == y.cols));
+void fake_quantize(cudaStream_t stream, const Params& p, matrix_view<const T> x, matrix_view<T> y,
+                   const fake_quant_options& options) {
+  constexpr bool per_tensor = std::is_same_v<Params, tensor_params>;
+  const bool contiguous = per_tensor && (x.rows <= 1 || (x.row_stride == x.cols && y.row_stride == y.cols));
   const bool aligned = aligned_16(x.data, x.row_stride, x.rows) && aligned_16(y.data, y.row_stride, y.rows);
-  launch_elementwise<T>(
-      "fake_quantize", x.rows, x.cols, contiguous, aligned,
-      [&](auto packet, dim3 grid, index_t rows, int cols) {
-        fake_quantize_kernel<decltype(packet)::value><<<grid, quant_tuning::block_threads, 0, stream>>>(
-            p, rows, cols, x.data, x.row_stride, y.data, y.row_stride);
-      },
-      rows_blocks<Params>());
+  with_rounding(options, options.index_offset, [&](const auto& rounding) {
+    launch_elementwise<T>("fake_quantize", x.rows, x.cols, contiguous, aligned, !per_tensor,
+                          [&](auto packet, dim3 grid, index_t rows, int cols) {
+                            fake_quantize_kernel<decltype(packet)::value>
+                                <<<grid, quant_tuning::block_threads, 0, stream>>>(p, rounding, rows, cols, x.data,
+                                                                                   x.row_stride, y.data, y.row_stride);
+                          });
+  });
 }
 
 template <class Params, class T>
 void fake_quantize_backward(cudaStream_t stream, const Params& p, matrix_view<const T> x, matrix_view<const T> dy,
-                            matrix_view<T> dx) {
+                            matrix_view<T> dx, const fake_quant_options& options) {
+  constexpr bool per_tensor = std::is_same_v<Params, tensor_params>;
   const bool contiguous =
-      std::is_same_v<Params, tensor_params> &&
-      (x.rows <= 1 || (x.row_stride == x.cols && dy.row_stride == dy.cols && dx.row_stride == dx.cols));
+      per_tensor && (x.rows <= 1 || (x.row_stride == x.cols && dy.row_stride == dy.cols && dx.row_stride == dx.cols));
   const bool aligned = aligned_16(x.data, x.row_stride, x.rows) && aligned_16(dy.data, dy.row_stride, dy.rows) &&
                        aligned_16(dx.data, dx.row_stride, dx.rows);
-  launch_elementwise<T>(
-      "fake_quantize_backward", x.rows, x.cols, contiguous, aligned,
-      [&](auto packet, dim3 grid, index_t rows, int cols) {
-        fake_quantize_backward_kernel<decltype(packet)::value><<<grid, quant_tuning::block_threads, 0, stream>>>(
-            p, rows, cols, x.data, x.row_stride, dy.data, dy.row_stride, dx.data, dx.row_stride);
-      },
-      rows_blocks<Params>());
+  with_rounding_and_mask(options, options.index_offset, [&](const auto& rounding, const auto& mask) {
+    launch_elementwise<T>(
+        "fake_quantize_backward", x.rows, x.cols, contiguous, aligned, !per_tensor,
+        [&](auto packet, dim3 grid, index_t rows, int cols) {
+          fake_quantize_backward_kernel<decltype(packet)::value><<<grid, quant_tuning::block_threads, 0, stream>>>(
+              p, rounding, mask, rows, cols, x.data, x.row_stride, dy.data, dy.row_stride, dx.data, dx.row_stride);
+        });
+  });
 }
 
 // Per-channel parameters on the device for one launch: converted to fp32 lanes, copied from pageable host memory

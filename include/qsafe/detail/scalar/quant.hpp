@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "qsafe/detail/config.hpp"
 #include "qsafe/matrix_view.hpp"
 
 namespace qsafe::detail {
@@ -49,14 +50,15 @@ struct mask_none_tag {};   // everywhere but NaN
 // The counter-based generator behind stochastic rounding: integer arithmetic only, so every backend, thread
 // count and ISA gives the same bits. The 64-bit element index i is split into hi = i >> 32 and lo = i mod 2^32;
 // (seed, hi) gives two 32-bit keys by SplitMix64, and the hash of lo is two rounds of MurmurHash3's 32-bit
-// finalizer keyed by them. A float gets its top 24 bits as u = h·2^−32 (exact in float), a double all 32.
-inline std::uint64_t splitmix64(std::uint64_t z) {
+// finalizer keyed by them. A float gets its top 24 bits as u = h·2^−32 (exact in float), a double all 32. The CUDA
+// kernels call these same functions (QSAFE_HOST_DEVICE), so the draws agree across host and device.
+QSAFE_HOST_DEVICE inline std::uint64_t splitmix64(std::uint64_t z) {
   z += 0x9E3779B97F4A7C15ull;
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
   return z ^ (z >> 31);
 }
-inline std::uint32_t fmix32(std::uint32_t h) {
+QSAFE_HOST_DEVICE inline std::uint32_t fmix32(std::uint32_t h) {
   h ^= h >> 16;
   h *= 0x85EBCA6Bu;
   h ^= h >> 13;
@@ -66,16 +68,16 @@ inline std::uint32_t fmix32(std::uint32_t h) {
 struct stochastic_key {
   std::uint32_t a, b;
 };
-inline stochastic_key make_stochastic_key(std::uint64_t seed, std::uint32_t hi) {
+QSAFE_HOST_DEVICE inline stochastic_key make_stochastic_key(std::uint64_t seed, std::uint32_t hi) {
   const std::uint64_t k = splitmix64(seed ^ splitmix64(hi));
   return {static_cast<std::uint32_t>(k), static_cast<std::uint32_t>(k >> 32)};
 }
-inline std::uint32_t counter_hash(stochastic_key key, std::uint32_t lo) {
+QSAFE_HOST_DEVICE inline std::uint32_t counter_hash(stochastic_key key, std::uint32_t lo) {
   return fmix32(fmix32(lo ^ key.a) + key.b);
 }
 // Through signed conversions (exact, and vectorizable on ISAs without an unsigned one).
 template <class T>
-T unit_uniform(std::uint32_t h) {
+QSAFE_HOST_DEVICE T unit_uniform(std::uint32_t h) {
   if constexpr (sizeof(T) == sizeof(float)) {
     return static_cast<T>(static_cast<std::int32_t>(h >> 8)) * static_cast<T>(0x1p-24);
   } else {
@@ -85,7 +87,7 @@ T unit_uniform(std::uint32_t h) {
 }
 // u in [0, 1) for element `index` of the stream `seed`.
 template <class T>
-T stochastic_uniform(std::uint64_t seed, std::uint64_t index) {
+QSAFE_HOST_DEVICE T stochastic_uniform(std::uint64_t seed, std::uint64_t index) {
   return unit_uniform<T>(counter_hash(make_stochastic_key(seed, static_cast<std::uint32_t>(index >> 32)),
                                       static_cast<std::uint32_t>(index)));
 }
