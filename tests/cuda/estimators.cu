@@ -83,6 +83,46 @@ TEMPLATE_TEST_CASE("CUDA channel ranges equal the host min-max estimator per ten
   CHECK(checked == 90);
 }
 
+TEMPLATE_TEST_CASE(
+    "CUDA row-channel ranges of tall matrices, whose blocks walk several rows of one channel at a time, "
+    "equal the host's",
+    "[cuda][estimators][ranges]", QSAFE_CUDA_ELEMENTS) {
+  using T = TestType;
+  QSAFE_TEST_RNG(random);
+  cuda_workspace workspace;
+  // Rows >= 4 x the blocks along rows (528 here): the dispatcher's one-channel-per-block walk, with a ragged last
+  // group of rows (rows not a multiple of 4 x blocks), odd and unaligned columns, and a planted extreme per channel.
+  for (const index_t cols : {1L, 63L, 64L, 1001L}) {
+    const index_t channels = random.integer(2, 9);
+    const index_t rows = (random.integer(2200, 6000) + channels - 1) / channels * channels;
+    const bool padded = random.coin();
+    const gpu_shape s{rows, cols, padded ? cols + random.integer(1, 9) : cols, padded ? 0 : random.integer(0, 3)};
+    INFO("rows " << rows << ", cols " << cols << ", stride " << s.stride << ", misalign " << s.misalign << ", channels "
+                 << channels);
+    test_matrix<T> x(s);
+    fill(random, x, data_kind::normal);
+    const index_t c0 = random.integer(0, channels - 1);
+    x(random.integer(0, rows / channels - 1) * channels + c0, random.integer(0, cols - 1)) = round_to<T>(100.0f);
+    x.upload();
+    const channel_layout layout{channel_axis::row, channels};
+    const std::vector<value_range> got = channel_ranges(cuda_t{nullptr, &workspace}, x.cview(), layout);
+    min_max_estimator<float> want(layout);
+    want.observe(cpu, std::as_const(x).host_view());
+    REQUIRE(got.size() == want.ranges().size());
+    CHECK(got[static_cast<std::size_t>(c0)].hi == 100.0);
+    for (std::size_t c = 0; c < got.size(); ++c) {
+      INFO("channel " << c << ": got [" << got[c].lo << ", " << got[c].hi << "], want [" << want.ranges()[c].lo << ", "
+                      << want.ranges()[c].hi << "]");
+      CHECK(got[c].lo == want.ranges()[c].lo);
+      CHECK(got[c].hi == want.ranges()[c].hi);
+    }
+    // A NaN in the last row is found on this path too.
+    x(rows - 1, cols - 1) = round_to<T>(std::numeric_limits<float>::quiet_NaN());
+    x.upload();
+    CHECK_THROWS_WITH(channel_ranges(cuda_t{nullptr, &workspace}, x.cview(), layout), Contains("contains 1 NaN"));
+  }
+}
+
 TEMPLATE_TEST_CASE("CUDA running min-max equals the host running estimator over a sequence of batches",
                    "[cuda][estimators][running]", QSAFE_CUDA_ELEMENTS) {
   using T = TestType;

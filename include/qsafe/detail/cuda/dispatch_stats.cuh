@@ -124,14 +124,15 @@ template <class T>
 partial_moments tensor_moments(std::string_view function, const cuda_t& policy, const matrix_view<const T>& x) {
   const cudaStream_t stream = policy.stream;
   const walk_shape s = flat_shape(x);
-  const dim3 grid = reduction_grid(s, reduction_tuning::tile_elements, reduction_tuning::moments_max_blocks);
+  // The grid (so the partition and every rounding) depends on the shape and the element type's tile only.
+  constexpr int tile = moments_tile<T>;
+  const dim3 grid = reduction_grid(s, tile, reduction_tuning::moments_max_blocks);
   const unsigned blocks = grid.x * grid.y;
   const scratch space(function, policy, (blocks + 1) * sizeof(partial_moments), sizeof(partial_moments));
   auto* partials = space.device_at<partial_moments>(0);
   with_packet(x, [&](auto packet) {
     constexpr int N = decltype(packet)::value;
-    moments_kernel<N, reduction_tuning::tile_elements / N>
-        <<<grid, reduce_block_threads, 0, stream>>>(s.rows, s.cols, x.data, s.stride, partials);
+    moments_kernel<N, tile / N><<<grid, reduce_block_threads, 0, stream>>>(s.rows, s.cols, x.data, s.stride, partials);
   });
   check(cudaGetLastError(), function, "the moments kernel launch");
   combine_moments_kernel<<<1, reduce_block_threads, 0, stream>>>(partials, static_cast<int>(blocks), partials + blocks);
@@ -185,8 +186,18 @@ channel_extremes channel_ranges(std::string_view function, const cuda_t& policy,
         const index_t per = std::max<index_t>(1, std::min<index_t>(65535 / channels, grid.y / channels));
         grid.y = static_cast<unsigned>(std::min(channels * per, s.rows));
       }
-      row_ranges_kernel<N><<<grid, reduce_block_threads, 0, stream>>>(s.rows, s.cols, x.data, s.stride, channels,
-                                                                      min_keys, max_keys, non_finite);
+      // Rows of a block's one channel walked several at a time, where each block has that many (else along rows).
+      const bool one_channel =
+          channels > 1 && grid.y % channels == 0 && s.rows >= index_t{range_unroll} * index_t{grid.y};
+      const auto launch = [&](auto kernel) {
+        kernel<<<grid, reduce_block_threads, 0, stream>>>(s.rows, s.cols, x.data, s.stride, channels, min_keys,
+                                                          max_keys, non_finite);
+      };
+      if (one_channel) {
+        launch(row_ranges_kernel<N, true, T>);
+      } else {
+        launch(row_ranges_kernel<N, false, T>);
+      }
     }
   });
   check(cudaGetLastError(), function, "the range kernel launch");
