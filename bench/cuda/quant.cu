@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "qsafe/cuda/lsq.cuh"
+#include "qsafe/cuda/metrics.cuh"
 #include "qsafe/cuda/quant.cuh"
 #include "support.cuh"
 
@@ -81,6 +83,38 @@ void bench_type(const char* dtype, std::size_t n, int repeats, FILE* csv) {
     const double cf = 2 * bytes / channel_fwd[a] * 1e-9, cb = 3 * bytes / channel_bwd[a] * 1e-9;
     std::printf("%-9s per channel, %-14s fake_quantize %6.3f TB/s (%5.1f%%) | backward %6.3f TB/s (%5.1f%%)\n", dtype,
                 a == 0 ? "4096 columns" : "4096 rows", cf, 100 * cf / c, cb, 100 * cb / c);
+  }
+  // LSQ backward (x, dy -> dx; d scale / d zero point to the host) and the fused error metrics (x read once; the
+  // sums to the host), per tensor and per channel along the 4096 columns, with a workspace: each call ends with the
+  // fixed-order combine, a copy and a synchronization (their fixed cost is in the figure).
+  qsafe::cuda_workspace workspace;
+  const qsafe::cuda_t gpu{nullptr, &workspace};
+  const qsafe::learnable_qparams lp{p.scale, static_cast<double>(p.zero_point) + 0.3, p.quant_min, p.quant_max};
+  const std::vector<qsafe::learnable_qparams> lps(static_cast<std::size_t>(cols), lp);
+  const std::vector<qsafe::quant_params> qps(static_cast<std::size_t>(cols), p);
+  std::vector<qsafe::lsq_gradients> grads(lps.size());
+  std::vector<qsafe::quant_error> errors(qps.size());
+  const double lsq = median_ms(repeats, [&] { qsafe::lsq_fake_quantize_backward(gpu, xv, lp, dyv, yv); });
+  const double lsq_channels = median_ms(repeats, [&] {
+    qsafe::lsq_fake_quantize_backward(gpu, xm, std::span<const qsafe::learnable_qparams>(lps),
+                                      qsafe::channel_axis::column, dym, ym, std::span<qsafe::lsq_gradients>(grads));
+  });
+  const double metric = median_ms(repeats, [&] { (void)qsafe::tensor_quant_error(gpu, xv, p); });
+  const double metric_channels = median_ms(repeats, [&] {
+    qsafe::channel_quant_error(gpu, xm, std::span<const qsafe::quant_params>(qps), qsafe::channel_axis::column,
+                               std::span<qsafe::quant_error>(errors));
+  });
+  const double l = 3 * bytes / lsq * 1e-9, lc = 3 * bytes / lsq_channels * 1e-9, m = bytes / metric * 1e-9,
+               mc = bytes / metric_channels * 1e-9;
+  std::printf("%-9s lsq_fake_quantize_backward %6.3f TB/s (%5.1f%%) | per channel, 4096 columns %6.3f TB/s (%5.1f%%)\n",
+              dtype, l, 100 * l / c, lc, 100 * lc / c);
+  std::printf("%-9s quant_error fused         %6.3f TB/s (%5.1f%%) | per channel, 4096 columns %6.3f TB/s (%5.1f%%)\n",
+              dtype, m, 100 * m / c, mc, 100 * mc / c);
+  if (csv != nullptr) {
+    std::fprintf(csv, "lsq_fake_quantize_backward,8bit,%s,0,qsafe,%.5f,%.4f\n", dtype, lsq, l);
+    std::fprintf(csv, "lsq_fake_quantize_backward,8bit,%s,4096,qsafe,%.5f,%.4f\n", dtype, lsq_channels, lc);
+    std::fprintf(csv, "quant_error_fused,8bit,%s,0,qsafe,%.5f,%.4f\n", dtype, metric, m);
+    std::fprintf(csv, "quant_error_fused,8bit,%s,4096,qsafe,%.5f,%.4f\n", dtype, metric_channels, mc);
   }
   if (csv != nullptr) {
     std::fprintf(csv, "copy,-,%s,0,cudaMemcpy,%.5f,%.4f\n", dtype, copy, c);

@@ -34,6 +34,7 @@
 /// - NaN x: y NaN, dx 0, no contribution to the sums. ±inf x: clipped.
 /// - Errors: as fake_quantize, plus a non-finite or non-positive scale, a non-finite zero point, the unclipped mask,
 ///   a gradient list of the wrong size: `std::invalid_argument` naming the argument, before anything is written.
+/// - On CUDA device pointers: qsafe/cuda/lsq.cuh (`cuda_t{stream, &workspace}`, the same functions).
 
 #include <algorithm>
 #include <cmath>

@@ -23,6 +23,7 @@
 ///   either tensor is all zeros (no direction), else clamped to [−1, 1]. Sums that overflow double give inf.
 /// - Errors: empty tensors, shape mismatches, NaN or ±inf in `x` or `y` (with their count), an output span of the
 ///   wrong size, bad quantizer parameters: `std::invalid_argument` naming the argument, before anything is written.
+/// - On CUDA device pointers: qsafe/cuda/metrics.cuh (`cuda_t{stream, &workspace}`, the same functions and sums).
 
 #include <algorithm>
 #include <cmath>
