@@ -1,8 +1,9 @@
 // GPU benchmark of the statistics and range-estimation ops: effective read bandwidth of the one-pass ops (the
-// tensor read once) next to a device copy of the same bytes (read + write counted), and the time of the
-// percentile selection and the MSE search. Each call returns its result on the host, so what is timed (CUDA
-// events around the call) includes the final copy and synchronization. Calls use a cuda_workspace (the scratch
-// memory kept between calls); the fixed cost without one is printed too. Median of --repeats.
+// tensor read once) next to a device copy of the same bytes (read + write counted), histogram observe (each pass
+// and both) per tensor and per column channel, and the time of the percentile selection and the MSE search. Each
+// call returns its result on the host, so what is timed (CUDA events around the call) includes the final copy and
+// synchronization. Calls use a cuda_workspace (the scratch memory kept between calls); the fixed cost without one
+// is printed too. Median of --repeats.
 //
 //   bench_cuda_stats [--elements N] [--repeats R]
 
@@ -17,6 +18,7 @@
 #include <vector>
 
 #include "qsafe/cuda/estimators.cuh"
+#include "qsafe/cuda/histogram.cuh"
 #include "qsafe/cuda/stats.cuh"
 #include "support.cuh"
 
@@ -78,6 +80,27 @@ void bench_type(const char* dtype, std::size_t n, int repeats) {
   one_pass("channel_ranges 1024 row channels", [&] {
     (void)qsafe::channel_ranges(gpu, matrix, {qsafe::channel_axis::row, 1024});
   });
+  // Histogram observe (qsafe/cuda/histogram.cuh, 2048 bins): pass 1 timed on a histogram kept in pass 1, pass 2 on
+  // one kept in pass 2 (its grids from the same data), each including the copy of its result to the host and the
+  // update of the host state; TB/s: the tensor's bytes once per pass.
+  auto histogram_passes = [&](const char* name, qsafe::matrix_view<const T> v, qsafe::channel_layout layout) {
+    qsafe::histogram<float> ranges(layout), counts(layout);
+    const double pass1 = median_ms(repeats, [&] { ranges.observe(gpu, v); });
+    counts.observe(gpu, v);
+    counts.next_pass();
+    const double pass2 = median_ms(repeats, [&] { counts.observe(gpu, v); });
+    auto line = [&](const char* what, double ms, double reads) {
+      char label[64];
+      std::snprintf(label, sizeof label, "histogram %s, %s", name, what);
+      const double tbps = reads * bytes / ms * 1e-9;
+      std::printf("%-9s %-40s %8.3f ms %6.3f TB/s (%5.1f%% of copy)\n", dtype, label, ms, tbps, 100 * tbps / copy_tbps);
+    };
+    line("pass 1", pass1, 1);
+    line("pass 2", pass2, 1);
+    line("both", pass1 + pass2, 2);
+  };
+  histogram_passes("per tensor", flat, {});
+  histogram_passes("4096 col. ch.", matrix, {qsafe::channel_axis::column, cols});
   const std::vector<double> tails = {0.001, 99.999}, median = {50.0};
   std::vector<double> got;
   timed("percentiles {0.001, 99.999} (4 ranks)", repeats,

@@ -30,6 +30,10 @@
 ///   clamped or dropped silently. A batch that throws leaves the histogram unchanged.
 /// - Cost: pass 2 is one read of the data with a scalar increment per value (bench/bench_calibration.cpp);
 ///   pass 1 is a min-max read.
+/// - Batches in CUDA device memory: `h.observe(qsafe::cuda_t{stream, &workspace}, x)` on a `histogram<float>` with
+///   qsafe/cuda/histogram.cuh included (float, __half, __nv_bfloat16): the same ranges and bit-identical counts, the
+///   state kept here (GPU and host batches mix and merge exactly). This header needs no CUDA: observe's overload
+///   for non-host policies finds the backend's passes by argument-dependent lookup (`detail::histogram_hook`).
 
 #include <algorithm>
 #include <cmath>
@@ -82,6 +86,21 @@ inline void check_histogram_options(std::string_view function, const histogram_o
   }
 }
 
+// The tag through which histogram::observe finds a non-host policy's passes by argument-dependent lookup (its
+// namespace, qsafe::detail, is searched at instantiation, so they may be declared after this header):
+//   void histogram_ranges(histogram_hook, const Policy&, matrix_view<const E>, const channel_layout&,
+//                         std::vector<finite_range<T>>& out);   // pass 1: per channel, as finite_range_row gives
+//   histogram_batch_counts histogram_bins(histogram_hook, const Policy&, matrix_view<const E>,
+//                                         const channel_layout&, std::span<const grid_lanes<T>> grids);  // pass 2
+struct histogram_hook {};
+
+// A batch counted by a backend: `counts` channel-major, bins + 1 slots per channel (the last: values outside the
+// grid, NaN and ±inf included, as the host kernels count them), and the batch's NaN, ±inf and finite off-grid totals.
+struct histogram_batch_counts {
+  std::vector<std::int64_t> counts;
+  std::int64_t nan = 0, inf = 0, off_grid = 0;
+};
+
 }  // namespace detail
 
 /// A per-tensor or per-channel histogram with 64-bit counts on a grid fixed by a first min-max pass (two passes,
@@ -129,6 +148,26 @@ class histogram {
       observe_range(policy, x);
     } else if (pass_ == 1) {
       observe_counts(policy, x);
+    } else {
+      throw std::logic_error("qsafe::histogram::observe: both passes are done");
+    }
+  }
+
+  /// Feeds one batch that a non-host policy reads where it lives (`qsafe::cuda_t`: device memory, float / __half /
+  /// __nv_bfloat16, with qsafe/cuda/histogram.cuh included). The policy's two passes are the free functions
+  /// `histogram_ranges` / `histogram_bins` taking `detail::histogram_hook` first, found by argument-dependent lookup
+  /// when this is instantiated (so a backend header declared after this one provides them); the state is updated
+  /// here, by the same rules as for host batches.
+  template <class Policy, class E>
+  requires(!host_policy<Policy>) void observe(const Policy& policy, matrix_view<const E> x) {
+    detail::check_batch("histogram::observe", layout_, x);
+    if (pass_ == 0) {
+      std::vector<detail::finite_range<T>> batch(first_.size());
+      histogram_ranges(detail::histogram_hook{}, policy, x, layout_, batch);
+      add_ranges(x.size(), batch);
+    } else if (pass_ == 1) {
+      add_counts(x.size(), histogram_bins(detail::histogram_hook{}, policy, x, layout_,
+                                          std::span<const detail::grid_lanes<T>>(grids_)));
     } else {
       throw std::logic_error("qsafe::histogram::observe: both passes are done");
     }
@@ -448,10 +487,16 @@ class histogram {
         detail::finite_range_row(policy, x.row(r), x.cols, batch[static_cast<std::size_t>(r % layout_.channels)]);
       }
     }
+    add_ranges(x.size(), batch);
+  }
+
+  // Pass 1's update with one batch of n values: `batch` holds each channel's finite min and max and NaN / ±inf
+  // counts. Throws (state unchanged) for NaN / ±inf the options do not skip.
+  void add_ranges(index_t n, const std::vector<detail::finite_range<T>>& batch) {
     std::int64_t nan = 0, inf = 0;
     for (const auto& b : batch) nan += b.nan, inf += b.inf;
-    check_non_finite("histogram::observe", nan, inf, x.size());
-    const index_t per_channel = x.size() / layout_.channels;
+    check_non_finite("histogram::observe", nan, inf, n);
+    const index_t per_channel = n / layout_.channels;
     for (std::size_t c = 0; c < first_.size(); ++c) {
       first_[c].lo = std::min(first_[c].lo, batch[c].lo);
       first_[c].hi = std::max(first_[c].hi, batch[c].hi);
@@ -571,9 +616,21 @@ class histogram {
   }
 
   // Some values of the batch fell outside the grid: fine only if all of them are NaN / ±inf the options skip.
-  void accept_outside(const matrix_view<const T>& x) {
-    const bad_values b = diagnose(x);
-    check_non_finite("histogram::observe", b.nan, b.inf, x.size());
+  void accept_outside(const matrix_view<const T>& x) { accept_bad_values(x.size(), diagnose(x)); }
+
+  // Pass 2's update with a batch of n values counted elsewhere (a device): `b.counts` is laid out as counts_ (the
+  // off-grid slot included), added only once the batch's NaN / ±inf / off-grid values are accepted.
+  void add_counts(index_t n, const detail::histogram_batch_counts& b) {
+    if (b.counts.size() != counts_.size()) {
+      throw std::logic_error("qsafe::histogram::observe: a backend returned " + std::to_string(b.counts.size()) +
+                             " counts for " + std::to_string(counts_.size()) + " slots");
+    }
+    accept_bad_values(n, {b.nan, b.inf, b.off_grid});
+    for (std::size_t i = 0; i < counts_.size(); ++i) counts_[i] += b.counts[i];
+  }
+
+  void accept_bad_values(index_t n, const bad_values& b) {
+    check_non_finite("histogram::observe", b.nan, b.inf, n);
     if (b.off_grid > 0) {
       detail::fail("histogram::observe", "x",
                    (options_.name.empty() ? std::string() : "(tensor '" + options_.name + "') ") + "has " +
