@@ -33,7 +33,7 @@
 ///   error naming the tensor and the count, or skipped and counted), values off a fixed grid; CUDA errors throw
 ///   `qsafe::cuda_error`. Each pass synchronizes `stream`.
 /// - Cost: pass 2 copies `channels × (bins + 1)` 64-bit counts back per batch (67 MB for 4096 channels of 2048
-///   bins), and adds them on the host: per channel with many channels that copy, not the read, dominates.
+///   bins), and adds them on the host: with many channels that copy and that addition, not the read, dominate.
 ///
 /// Design: histogram::observe has an overload for non-host policies that calls `histogram_ranges` /
 /// `histogram_bins` with `detail::histogram_hook` first; this header defines them for cuda_t in qsafe::detail,

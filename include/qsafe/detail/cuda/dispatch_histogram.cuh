@@ -149,8 +149,7 @@ histogram_batch_counts count_bins(std::string_view function, const cuda_t& polic
   auto* host = space.host_at<unsigned long long>(0);
   copy_to_host(function, stream, host, counts, n_counts + 3);
   histogram_batch_counts out;
-  out.counts.resize(n_counts);
-  for (std::size_t i = 0; i < n_counts; ++i) out.counts[i] = static_cast<std::int64_t>(host[i]);
+  out.counts.assign(host, host + n_counts);  // each < 2^63: the same value as int64
   out.nan = static_cast<std::int64_t>(host[n_counts]);
   out.inf = static_cast<std::int64_t>(host[n_counts + 1]);
   out.off_grid = static_cast<std::int64_t>(host[n_counts + 2]);
