@@ -3,7 +3,7 @@
 // tensor and per channel along both axes, every element type; fresh random parameters (real zero points, exact
 // half-integers among them), inputs with exact ties, NaN, ±inf and huge values, awkward shapes, poisoned outputs;
 // every rounding mode (stochastic: the host's draws), both STE masks, the gradient scale, with and without a workspace;
-// determinism; argument errors.
+// determinism; argument errors; the doc snippets of qsafe/cuda/lsq.cuh and qsafe/cuda/metrics.cuh.
 
 #include <catch2/catch.hpp>
 #include <cmath>
@@ -12,9 +12,11 @@
 #include <limits>
 #include <span>
 #include <stdexcept>
+#include <utility>
 #include <vector>
 
 #include "qsafe/cuda/lsq.cuh"
+#include "qsafe/cuda/metrics.cuh"
 #include "support.cuh"
 
 using namespace qsafe;
@@ -336,4 +338,45 @@ TEST_CASE("CUDA LSQ argument errors name the argument and write nothing", "[cuda
   check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
   CHECK(dx.download());
   for (const float v : dx.host) CHECK(v == test_matrix<float>::poison());
+}
+
+TEST_CASE("CUDA LSQ and error-metric doc snippets compile and give the CPU's results", "[cuda][lsq][doc]") {
+  QSAFE_TEST_RNG(random);
+  const gpu_shape s{6, 300, 300, 0};
+  test_matrix<float> xs(s), ys(s), dys(s), dxs(s);
+  fill_normal(random, xs);
+  fill_normal(random, dys);
+  const matrix_view<const float> x = xs.cview(), dy = dys.cview();
+  const matrix_view<float> y = ys.view(), dx = dxs.view();
+  const matrix_view<const float> host_x = std::as_const(xs).host_view(), host_dy = std::as_const(dys).host_view();
+  cudaStream_t stream = nullptr;
+  const learnable_qparams p{0.02, 128.4, 0, 255};
+  const quant_params params = make_qparams<float>({-3.0, 3.0}, 8, quant_mode::asymmetric);
+  qsafe::quant_error all = tensor_quant_error(cpu, host_x, params);
+  {
+    // qsafe/cuda/lsq.cuh
+    qsafe::cuda_workspace workspace;
+    const qsafe::cuda_t gpu{stream, &workspace};
+    qsafe::lsq_fake_quantize(gpu, x, p, y);  // x, y, dy, dx: device matrix_views
+    const qsafe::lsq_gradients g = qsafe::lsq_fake_quantize_backward(gpu, x, p, dy, dx, {.gradient_scale = true});
+    std::vector<float> host_dx(xs.host.size());
+    const lsq_gradients want = lsq_fake_quantize_backward(cpu, host_x, p, host_dy,
+                                                          matrix_view<float>(host_dx.data(), s.rows, s.cols, s.stride),
+                                                          {.gradient_scale = true});
+    const double g_scale = lsq_gradient_scale(s.rows * s.cols, p.quant_max);
+    const gradient_bound bound =
+        lsq_bound(to_quant_params<float>(p), abs_sum(dys, -1, 1, channel_axis::row), s.rows * s.cols, g_scale);
+    check_gradients(g, want, bound, 0);
+    CHECK(g.scale != 0.0);
+  }
+  {
+    // qsafe/cuda/metrics.cuh
+    qsafe::cuda_workspace workspace;
+    const qsafe::quant_error e = qsafe::tensor_quant_error(qsafe::cuda_t{stream, &workspace}, x, params);
+    all.merge(e);  // with host or device results alike
+    double db = all.sqnr_db();
+    // Twice the same data: the SQNR of one copy (the ratio of sums does not change); float sums differ by ~1e-15.
+    CHECK(all.count == 2 * s.rows * s.cols);
+    CHECK(db == Approx(tensor_quant_error(cpu, host_x, params).sqnr_db()).epsilon(1e-9));
+  }
 }
