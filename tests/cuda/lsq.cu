@@ -380,3 +380,84 @@ TEST_CASE("CUDA LSQ and error-metric doc snippets compile and give the CPU's res
     CHECK(db == Approx(tensor_quant_error(cpu, host_x, params).sqnr_db()).epsilon(1e-9));
   }
 }
+
+TEST_CASE("CUDA LSQ and error metrics on large tensors, several packets in flight a thread, equal the CPU reference",
+          "[cuda][lsq][metrics][large]") {
+  QSAFE_TEST_RNG(random);
+  cuda_workspace workspace;
+  const cuda_t policy{nullptr, &workspace};
+  // One long contiguous row (per tensor), two long strided rows (per tensor and 2 row channels), many rows of 40
+  // column channels: each makes some threads take several packets (or rows) per step.
+  struct large_case {
+    gpu_shape shape;
+    channel_axis axis;
+    index_t channels;  // 0: per tensor
+  };
+  for (const large_case& k : {large_case{{1, 5000003, 5000003, 0}, channel_axis::row, 0},
+                              large_case{{2, 2500000, 2500004, 0}, channel_axis::row, 0},
+                              large_case{{2, 2500000, 2500004, 0}, channel_axis::row, 2},
+                              large_case{{2000, 40, 40, 0}, channel_axis::column, 40}}) {
+    const gpu_shape& s = k.shape;
+    INFO("rows " << s.rows << ", cols " << s.cols << ", stride " << s.stride << ", channels " << k.channels << " along "
+                 << (k.axis == channel_axis::row ? "rows" : "columns"));
+    const lsq_options options = random_options(random);
+    const learnable_qparams params = random_learnable(random);
+    const quant_params q = to_quant_params<float>(params, options.quant);
+    test_matrix<float> x(s), dy(s), dx(s);
+    for (index_t r = 0; r < s.rows; ++r)
+      for (index_t c = 0; c < s.cols; ++c) x(r, c) = random_input(random, q);
+    x.upload();
+    fill_normal(random, dy);
+    std::vector<float> want_dx(x.host.size());
+    const matrix_view<float> wdx(want_dx.data(), s.rows, s.cols, s.stride);
+    const index_t per_channel = k.channels == 0 ? s.rows * s.cols : s.rows * s.cols / k.channels;
+    const double g = options.gradient_scale ? lsq_gradient_scale(per_channel, q.quant_max) : 1.0;
+    if (k.channels == 0) {
+      const lsq_gradients got = lsq_fake_quantize_backward(policy, x.cview(), params, dy.cview(), dx.view(), options);
+      const lsq_gradients want = lsq_fake_quantize_backward(cpu, x.host_view(), params, dy.host_view(), wdx, options);
+      check_gradients(got, want, lsq_bound(q, abs_sum(dy, -1, 1, channel_axis::row), per_channel, g), 0);
+    } else {
+      const std::vector<learnable_qparams> ps(static_cast<std::size_t>(k.channels), params);
+      std::vector<lsq_gradients> got(ps.size()), want(ps.size());
+      lsq_fake_quantize_backward(policy, x.cview(), std::span<const learnable_qparams>(ps), k.axis, dy.cview(),
+                                 dx.view(), std::span<lsq_gradients>(got), options);
+      lsq_fake_quantize_backward(cpu, x.host_view(), std::span<const learnable_qparams>(ps), k.axis, dy.host_view(),
+                                 wdx, std::span<lsq_gradients>(want), options);
+      for (std::size_t c = 0; c < ps.size(); ++c)
+        check_gradients(got[c], want[c],
+                        lsq_bound(q, abs_sum(dy, static_cast<index_t>(c), k.channels, k.axis), per_channel, g), c);
+    }
+    REQUIRE(dx.download());
+    check_dx(x, dx, want_dx);
+
+    // The metrics of x (without its NaN / ±inf: they are rejected) against dx and against its fake-quantized self.
+    for (float& v : x.host)
+      if (!std::isfinite(v)) v = 0.5f;
+    x.upload();
+    const matrix_view<const float> hx = std::as_const(x).host_view(), hdx = std::as_const(dx).host_view();
+    const auto bound = [&](const quant_error& got, const quant_error& want) {
+      const double n = static_cast<double>(want.count), e = (2 * n + 4) * 0x1p-53;
+      INFO("sum_x2 " << got.sum_x2 << " want " << want.sum_x2 << ", sum_e2 " << got.sum_e2 << " want " << want.sum_e2
+                     << ", sum_xy " << got.sum_xy << " want " << want.sum_xy);
+      CHECK(got.count == want.count);
+      CHECK(std::fabs(got.sum_x2 - want.sum_x2) <= e * want.sum_x2);
+      CHECK(std::fabs(got.sum_y2 - want.sum_y2) <= e * want.sum_y2);
+      CHECK(std::fabs(got.sum_e2 - want.sum_e2) <= e * want.sum_e2);
+      // Σ|x·y| <= (Σx² + Σy²)/2 bounds the terms of sum_xy.
+      CHECK(std::fabs(got.sum_xy - want.sum_xy) <= e * (want.sum_x2 + want.sum_y2) / 2);
+    };
+    if (k.channels == 0) {
+      bound(tensor_quant_error(policy, x.cview(), matrix_view<const float>(dx.cview())),
+            tensor_quant_error(cpu, hx, hdx));
+      bound(tensor_quant_error(policy, x.cview(), q, options.quant), tensor_quant_error(cpu, hx, q, options.quant));
+    } else {
+      const std::vector<quant_params> qs(static_cast<std::size_t>(k.channels), q);
+      std::vector<quant_error> got(qs.size()), want(qs.size());
+      channel_quant_error(policy, x.cview(), std::span<const quant_params>(qs), k.axis, std::span<quant_error>(got),
+                          options.quant);
+      channel_quant_error(cpu, hx, std::span<const quant_params>(qs), k.axis, std::span<quant_error>(want),
+                          options.quant);
+      for (std::size_t c = 0; c < qs.size(); ++c) bound(got[c], want[c]);
+    }
+  }
+}

@@ -46,13 +46,53 @@ struct channel_lanes {
   }
 };
 
+// Packets in flight per thread: each thread issues this many independent loads before it finishes any of them (one
+// in flight left the elementwise quant kernels at 48-76% of a copy, kernels/quant.cuh). Fewer along columns, where a
+// thread also keeps N lanes of sums in registers.
+inline constexpr int sums_row_unroll = 4;
+inline constexpr int sums_column_unroll = 2;
+
+// The inputs of packet j of row r: a, and b where Op::reads_second (else left unread).
+template <class T, int N>
+struct sums_inputs {
+  packet<T, N> a, b;
+};
+
+template <int N, class Op, class T>
+__device__ __forceinline__ sums_inputs<T, N> load_sums_inputs(index_t r, int j, int cols, const T* a, index_t a_stride,
+                                                              const T* b, index_t b_stride) {
+  sums_inputs<T, N> in;
+  in.a = load_packet<N>(a + r * a_stride, j, cols, from_float<T>(0.0f));
+  if constexpr (Op::reads_second) in.b = load_packet<N>(b + r * b_stride, j, cols, from_float<T>(0.0f));
+  return in;
+}
+
+// Applies op to the lanes of packet j of row r (those before `cols`) and stores the outputs where Op::writes_output.
+// Lane i takes the parameters params(i) and adds into the sums sums(i) (a double[Op::sums]).
+template <int N, class Op, class T, class Params, class Sums>
+__device__ __forceinline__ void finish_sums_packet(const Op& op, const Params& params, Sums&& sums, index_t r, int j,
+                                                   int cols, const sums_inputs<T, N>& in, T* out, index_t out_stride) {
+  float x[N], y[N], o[N];
+  to_float(in.a, x);
+  if constexpr (Op::reads_second) {
+    to_float(in.b, y);
+  } else {
+#pragma unroll
+    for (int i = 0; i < N; ++i) y[i] = 0.0f;
+  }
+  const std::uint64_t index = static_cast<std::uint64_t>(r) * static_cast<std::uint64_t>(cols) + j;
+#pragma unroll
+  for (int i = 0; i < N; ++i) o[i] = j + i < cols ? op(params(i), x[i], y[i], sums(i), index + i) : 0.0f;
+  if constexpr (Op::writes_output) store_packet<N>(out + r * out_stride, j, cols, o);
+}
+
 // Per tensor and per channel along rows. Every virtual block writes its partial (zeros when it saw no element).
 template <int N, class Op, class T>
 __global__ void __launch_bounds__(reduce_block_threads)
     row_channel_sums_kernel(const Op op, const channel_lanes lanes, index_t rows, int cols, index_t channels,
                             index_t virtual_rows, const T* a, index_t a_stride, const T* b, index_t b_stride, T* out,
                             index_t out_stride, double* partials) {
-  constexpr int K = Op::sums;
+  constexpr int K = Op::sums, U = sums_row_unroll;
   __shared__ double_sums<K> slots[reduce_block_threads / 32];
   const int first = static_cast<int>((blockIdx.x * blockDim.x + threadIdx.x) * N);
   const int step = static_cast<int>(gridDim.x * blockDim.x * N);
@@ -60,20 +100,22 @@ __global__ void __launch_bounds__(reduce_block_threads)
     const index_t c = vy % channels;
     const lane_params<float> p = lanes(c);
     double_sums<K> s = zero_sums<K>();
+    // Every lane: the channel's parameters and the one set of sums (terms added in element order).
+    const auto params = [&](int) { return p; };
+    const auto sums = [&](int) -> double(&)[K] { return s.v; };
     for (index_t r = vy; r < rows; r += virtual_rows) {
-      for (int j = first; j < cols; j += step) {
-        float x[N], y[N], o[N];
-        to_float(load_packet<N>(a + r * a_stride, j, cols, from_float<T>(0.0f)), x);
-        if constexpr (Op::reads_second) {
-          to_float(load_packet<N>(b + r * b_stride, j, cols, from_float<T>(0.0f)), y);
-        } else {
+      int j = first;
+      for (; j + (U - 1) * step < cols; j += U * step) {
+        sums_inputs<T, N> in[U];
 #pragma unroll
-          for (int i = 0; i < N; ++i) y[i] = 0.0f;
-        }
-        const std::uint64_t index = static_cast<std::uint64_t>(r) * static_cast<std::uint64_t>(cols) + j;
+        for (int u = 0; u < U; ++u) in[u] = load_sums_inputs<N, Op>(r, j + u * step, cols, a, a_stride, b, b_stride);
 #pragma unroll
-        for (int i = 0; i < N; ++i) o[i] = j + i < cols ? op(p, x[i], y[i], s.v, index + i) : 0.0f;
-        if constexpr (Op::writes_output) store_packet<N>(out + r * out_stride, j, cols, o);
+        for (int u = 0; u < U; ++u)
+          finish_sums_packet<N>(op, params, sums, r, j + u * step, cols, in[u], out, out_stride);
+      }
+      for (; j < cols; j += step) {
+        finish_sums_packet<N>(op, params, sums, r, j, cols,
+                              load_sums_inputs<N, Op>(r, j, cols, a, a_stride, b, b_stride), out, out_stride);
       }
     }
     s = block_reduce(
@@ -97,7 +139,7 @@ __global__ void __launch_bounds__(reduce_block_threads)
     column_channel_sums_kernel(const Op op, const channel_lanes lanes, index_t rows, int cols, const T* a,
                                index_t a_stride, const T* b, index_t b_stride, T* out, index_t out_stride,
                                double* partials) {
-  constexpr int K = Op::sums;
+  constexpr int K = Op::sums, U = sums_column_unroll;
   const int j = static_cast<int>((blockIdx.x * blockDim.x + threadIdx.x) * N);
   if (j >= cols) return;
   lane_params<float> p[N];
@@ -107,19 +149,21 @@ __global__ void __launch_bounds__(reduce_block_threads)
     p[i] = lanes(j + i < cols ? j + i : cols - 1);
     s[i] = zero_sums<K>();
   }
-  for (index_t r = blockIdx.y; r < rows; r += gridDim.y) {
-    float x[N], y[N], o[N];
-    to_float(load_packet<N>(a + r * a_stride, j, cols, from_float<T>(0.0f)), x);
-    if constexpr (Op::reads_second) {
-      to_float(load_packet<N>(b + r * b_stride, j, cols, from_float<T>(0.0f)), y);
-    } else {
+  const auto params = [&](int i) { return p[i]; };
+  const auto sums = [&](int i) -> double(&)[K] { return s[i].v; };
+  const index_t row_step = gridDim.y;
+  index_t r = blockIdx.y;
+  for (; r + (U - 1) * row_step < rows; r += U * row_step) {
+    sums_inputs<T, N> in[U];
 #pragma unroll
-      for (int i = 0; i < N; ++i) y[i] = 0.0f;
-    }
-    const std::uint64_t index = static_cast<std::uint64_t>(r) * static_cast<std::uint64_t>(cols) + j;
+    for (int u = 0; u < U; ++u) in[u] = load_sums_inputs<N, Op>(r + u * row_step, j, cols, a, a_stride, b, b_stride);
 #pragma unroll
-    for (int i = 0; i < N; ++i) o[i] = j + i < cols ? op(p[i], x[i], y[i], s[i].v, index + i) : 0.0f;
-    if constexpr (Op::writes_output) store_packet<N>(out + r * out_stride, j, cols, o);
+    for (int u = 0; u < U; ++u)
+      finish_sums_packet<N>(op, params, sums, r + u * row_step, j, cols, in[u], out, out_stride);
+  }
+  for (; r < rows; r += row_step) {
+    finish_sums_packet<N>(op, params, sums, r, j, cols, load_sums_inputs<N, Op>(r, j, cols, a, a_stride, b, b_stride),
+                          out, out_stride);
   }
   const index_t g = blockIdx.y;
 #pragma unroll
