@@ -25,6 +25,13 @@
 /// - `merge(other)`, where the state combines exactly (min-max): the estimator of the union of the data.
 /// Granularity is a `channel_layout` given at construction: per tensor by default, or `{axis, channels}` with
 /// the meaning of quant.hpp's per-channel functions (column j is channel j; row r is channel r % channels).
+///
+/// Batches on a CUDA device: `est.observe(qsafe::cuda_t{stream, &workspace}, x)` with x a view of device memory
+/// (float, __half or __nv_bfloat16) and qsafe/cuda/estimators.cuh included: the same passes and results, the state
+/// kept here on the host (device and host batches mix). The min-max and percentile results are exact, as on the host;
+/// the MSE losses are summed in fp32 tiles then double on the device (relative error ~1e-6, so a near-tie between
+/// candidates may resolve differently from qsafe::cpu). This header needs no CUDA: the device overloads of
+/// `observe` reach the backend through the `detail::device_hook` functions below.
 
 #include <algorithm>
 #include <cmath>
@@ -32,6 +39,7 @@
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -84,6 +92,32 @@ void check_batch(std::string_view function, const channel_layout& layout, const 
     fail(function, "x",
          "has " + std::to_string(x.rows) + " rows, not a multiple of the layout's " + std::to_string(layout.channels) +
              " channels along rows");
+  }
+}
+
+// The tag through which the estimators' overloads for non-host policies (`qsafe::cuda_t`) find the backend by
+// argument-dependent lookup (its namespace is searched when they are instantiated, so a backend header included
+// after this one provides them). qsafe/cuda/estimators.cuh defines, for a batch x of device memory:
+//   std::vector<value_range> device_ranges(device_hook, policy, function, layout, x);   // checks x, finite
+//   std::vector<double> device_percentiles(device_hook, policy, function, x, p);         // exact
+//   std::vector<double> device_losses(device_hook, policy, function, x, candidates);     // squared errors
+struct device_hook {};
+
+// Calls f(channel, view) with each channel's elements as a strided view of x (no copy): x itself per tensor, rows
+// c, c + channels, ... along rows, the column c along columns.
+template <class E, class F>
+void for_each_channel_view(const channel_layout& layout, const matrix_view<const E>& x, F&& f) {
+  if (layout.axis == channel_axis::row && layout.channels == 1) {
+    f(index_t(0), x);
+    return;
+  }
+  for (index_t c = 0; c < layout.channels; ++c) {
+    if (layout.axis == channel_axis::column) {
+      f(c, matrix_view<const E>(x.data + c, x.rows, 1, x.row_stride));
+    } else {
+      f(c, matrix_view<const E>(x.data + c * x.row_stride, x.rows / layout.channels, x.cols,
+                                x.row_stride * layout.channels));
+    }
   }
 }
 
@@ -227,6 +261,11 @@ class min_max_estimator : public detail::estimator_results<T, min_max_estimator<
     const std::vector<value_range> batch = detail::batch_ranges(policy, "min_max_estimator::observe", layout_, x);
     merge_ranges(batch);
   }
+  /// A batch of device memory (see the file comment).
+  template <class Policy, class E>
+  requires(!host_policy<Policy>) void observe(const Policy& policy, matrix_view<const E> x) {
+    merge_ranges(device_ranges(detail::device_hook{}, policy, "min_max_estimator::observe", layout_, x));
+  }
 
   /// The estimator of the union of both estimators' data (exact, any order).
   void merge(const min_max_estimator& other) {
@@ -273,6 +312,13 @@ class running_min_max_estimator : public detail::estimator_results<T, running_mi
   void observe(const Policy& policy, matrix_view<const std::type_identity_t<T>> x) {
     detail::running_update(ranges_, detail::batch_ranges(policy, "running_min_max_estimator::observe", layout_, x),
                            momentum_);
+  }
+  /// A batch of device memory (see the file comment).
+  template <class Policy, class E>
+  requires(!host_policy<Policy>) void observe(const Policy& policy, matrix_view<const E> x) {
+    detail::running_update(
+        ranges_, device_ranges(detail::device_hook{}, policy, "running_min_max_estimator::observe", layout_, x),
+        momentum_);
   }
 
  private:
@@ -343,6 +389,21 @@ class percentile_estimator : public detail::estimator_results<T, percentile_esti
     }
     detail::running_update(ranges_, batch, momentum_);
   }
+  /// A batch of device memory (see the file comment): a range pass (which checks the batch and counts NaN / ±inf
+  /// over all of it), then each channel's two tails selected in place.
+  template <class Policy, class E>
+  requires(!host_policy<Policy>) void observe(const Policy& policy, matrix_view<const E> x) {
+    const char* function = "percentile_estimator::observe";
+    (void)device_ranges(detail::device_hook{}, policy, function, layout_, x);
+    std::vector<value_range> batch(static_cast<std::size_t>(layout_.channels));
+    const double tails[2] = {100.0 - percentile_, percentile_};
+    detail::for_each_channel_view(layout_, x, [&](index_t c, matrix_view<const E> values) {
+      const std::vector<double> v =
+          device_percentiles(detail::device_hook{}, policy, function, values, std::span<const double>(tails));
+      batch[static_cast<std::size_t>(c)] = {v[0], v[1]};
+    });
+    detail::running_update(ranges_, batch, momentum_);
+  }
 
  private:
   friend class detail::estimator_results<T, percentile_estimator<T>>;
@@ -394,6 +455,28 @@ class mse_estimator : public detail::estimator_results<T, mse_estimator<T>> {
         losses_[ch][static_cast<std::size_t>(k)] += loss;
       }
     });
+  }
+  /// A batch of device memory (see the file comment; float estimators: the device quantizes in fp32). Pass 2
+  /// sums every candidate's loss of a channel in one read of its elements.
+  template <class Policy, class E>
+  requires(!host_policy<Policy>) void observe(const Policy& policy, matrix_view<const E> x) {
+    static_assert(std::is_same_v<T, float>, "device batches feed mse_estimator<float> (fp32 fake-quantization)");
+    if (pass_ == 0) {
+      minmax_.observe(policy, x);
+      return;
+    }
+    if (pass_ > 1) throw std::logic_error("qsafe::mse_estimator::observe: both passes are done");
+    const char* function = "mse_estimator::observe";
+    (void)device_ranges(detail::device_hook{}, policy, function, layout(), x);  // shape and finiteness first
+    std::vector<std::vector<double>> batch(losses_.size());
+    detail::for_each_channel_view(layout(), x, [&](index_t c, matrix_view<const E> values) {
+      const auto ch = static_cast<std::size_t>(c);
+      std::vector<quant_params> params;
+      for (int k = 0; k < candidates_; ++k) params.push_back(make_qparams<T>(candidate(ch, k), bits_, mode_));
+      batch[ch] = device_losses(detail::device_hook{}, policy, function, values, std::span<const quant_params>(params));
+    });
+    for (std::size_t c = 0; c < batch.size(); ++c)
+      for (std::size_t k = 0; k < batch[c].size(); ++k) losses_[c][k] += batch[c][k];
   }
 
   /// Pass 1 -> pass 2 (returns true: observe the same batches again); pass 2 -> done (returns false).
@@ -452,8 +535,9 @@ class mse_estimator : public detail::estimator_results<T, mse_estimator<T>> {
   std::vector<std::vector<double>> losses_;
 };
 
-/// Runs an estimator's passes over a list of batches: observe each, `next_pass()`, repeat while it asks.
-template <host_policy Policy, class Estimator, host_element T>
+/// Runs an estimator's passes over a list of batches: observe each, `next_pass()`, repeat while it asks (any policy:
+/// device batches with `qsafe::cuda_t`).
+template <class Policy, class Estimator, class T>
 void calibrate(const Policy& policy, Estimator& estimator, std::span<const matrix_view<const T>> batches) {
   do {
     for (const matrix_view<const T>& b : batches) estimator.observe(policy, b);
@@ -461,7 +545,7 @@ void calibrate(const Policy& policy, Estimator& estimator, std::span<const matri
 }
 
 /// Runs an estimator's passes over one tensor.
-template <host_policy Policy, class Estimator, host_element T>
+template <class Policy, class Estimator, class T>
 void calibrate(const Policy& policy, Estimator& estimator, matrix_view<const T> x) {
   calibrate(policy, estimator, std::span<const matrix_view<const T>>(&x, 1));
 }

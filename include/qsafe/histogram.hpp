@@ -33,7 +33,7 @@
 /// - Batches in CUDA device memory: `h.observe(qsafe::cuda_t{stream, &workspace}, x)` on a `histogram<float>` with
 ///   qsafe/cuda/histogram.cuh included (float, __half, __nv_bfloat16): the same ranges and bit-identical counts, the
 ///   state kept here (GPU and host batches mix and merge exactly). This header needs no CUDA: observe's overload
-///   for non-host policies finds the backend's passes by argument-dependent lookup (`detail::histogram_hook`).
+///   for non-host policies finds the backend's passes by argument-dependent lookup (`detail::device_hook`).
 
 #include <algorithm>
 #include <cmath>
@@ -86,13 +86,12 @@ inline void check_histogram_options(std::string_view function, const histogram_o
   }
 }
 
-// The tag through which histogram::observe finds a non-host policy's passes by argument-dependent lookup (its
-// namespace, qsafe::detail, is searched at instantiation, so they may be declared after this header):
-//   void histogram_ranges(histogram_hook, const Policy&, matrix_view<const E>, const channel_layout&,
+// histogram::observe finds a non-host policy's passes through estimators.hpp's `device_hook` (argument-dependent
+// lookup at instantiation, so they may be declared after this header):
+//   void histogram_ranges(device_hook, const Policy&, matrix_view<const E>, const channel_layout&,
 //                         std::vector<finite_range<T>>& out);   // pass 1: per channel, as finite_range_row gives
-//   histogram_batch_counts histogram_bins(histogram_hook, const Policy&, matrix_view<const E>,
+//   histogram_batch_counts histogram_bins(device_hook, const Policy&, matrix_view<const E>,
 //                                         const channel_layout&, std::span<const grid_lanes<T>> grids);  // pass 2
-struct histogram_hook {};
 
 // A batch counted by a backend: `counts` channel-major, bins + 1 slots per channel (the last: values outside the
 // grid, NaN and ±inf included, as the host kernels count them), and the batch's NaN, ±inf and finite off-grid totals.
@@ -155,7 +154,7 @@ class histogram {
 
   /// Feeds one batch that a non-host policy reads where it lives (`qsafe::cuda_t`: device memory, float / __half /
   /// __nv_bfloat16, with qsafe/cuda/histogram.cuh included). The policy's two passes are the free functions
-  /// `histogram_ranges` / `histogram_bins` taking `detail::histogram_hook` first, found by argument-dependent lookup
+  /// `histogram_ranges` / `histogram_bins` taking `detail::device_hook` first, found by argument-dependent lookup
   /// when this is instantiated (so a backend header declared after this one provides them); the state is updated
   /// here, by the same rules as for host batches.
   template <class Policy, class E>
@@ -163,10 +162,10 @@ class histogram {
     detail::check_batch("histogram::observe", layout_, x);
     if (pass_ == 0) {
       std::vector<detail::finite_range<T>> batch(first_.size());
-      histogram_ranges(detail::histogram_hook{}, policy, x, layout_, batch);
+      histogram_ranges(detail::device_hook{}, policy, x, layout_, batch);
       add_ranges(x.size(), batch);
     } else if (pass_ == 1) {
-      add_counts(x.size(), histogram_bins(detail::histogram_hook{}, policy, x, layout_,
+      add_counts(x.size(), histogram_bins(detail::device_hook{}, policy, x, layout_,
                                           std::span<const detail::grid_lanes<T>>(grids_)));
     } else {
       throw std::logic_error("qsafe::histogram::observe: both passes are done");
@@ -431,7 +430,11 @@ class histogram {
                                     " is wider than the element type's largest value; no grid over it");
       }
       const double width = static_cast<double>(hi) - static_cast<double>(lo);
-      const T scale = width > 0.0 ? static_cast<T>(static_cast<double>(options_.bins) / width) : T(0);
+      // Capped at the largest finite T: a range narrower than bins / max (subnormal ends) would make the scale
+      // infinite and lo's bin 0·inf = NaN; capped, every value still gets a bin, all near bin 0 (documented).
+      const T scale = width > 0.0 ? static_cast<T>(std::min(static_cast<double>(options_.bins) / width,
+                                                            static_cast<double>(std::numeric_limits<T>::max())))
+                                  : T(0);
       grids_.push_back({lo, hi, scale, static_cast<T>(options_.bins - 1), static_cast<std::int32_t>(options_.bins)});
     }
     counts_.assign(grids_.size() * static_cast<std::size_t>(stride()), 0);

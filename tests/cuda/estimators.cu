@@ -6,6 +6,7 @@
 
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <deque>
 #include <limits>
 #include <utility>
 #include <vector>
@@ -273,4 +274,99 @@ TEMPLATE_TEST_CASE("CUDA estimators reject NaN and infinities with their count, 
   CHECK_THROWS_WITH(percentiles(cuda_t{}, x.cview(), std::vector<double>{100.5}), Contains("'p'"));
   CHECK_THROWS_WITH(mse_search(cuda_t{}, x.cview(), 1, quant_mode::symmetric), Contains("'bits'"));
   CHECK_THROWS_WITH(percentile(cuda_t{}, matrix_view<const T>(x.cview().data, 0, 3), 50.0), Contains("empty"));
+}
+
+TEMPLATE_TEST_CASE("The estimator classes fed CUDA batches give the host's results, per tensor and per channel",
+                   "[cuda][estimators][classes]", QSAFE_CUDA_ELEMENTS) {
+  using T = TestType;
+  QSAFE_TEST_RNG(random);
+  cuda_workspace workspace;
+  int checked = 0;
+  for (const index_t cols : {1L, 9L, 64L, 301L}) {
+    const index_t row_channels = random.integer(2, 5);
+    for (const channel_layout& layout : {channel_layout{}, channel_layout{channel_axis::row, row_channels},
+                                         channel_layout{channel_axis::column, cols}}) {
+      const bool by_rows = layout.axis == channel_axis::row;
+      INFO("cols " << cols << ", axis " << (by_rows ? "row" : "column") << ", channels " << layout.channels);
+      // Three batches of other shapes (rows), each a multiple of the row channels.
+      std::deque<test_matrix<T>> batches;  // not movable (device buffers)
+      for (int b = 0; b < 3; ++b) {
+        batches.emplace_back(shape_with_rows_multiple_of<T>(random, cols, by_rows ? layout.channels : 1));
+        fill(random, batches.back(), b == 1 ? data_kind::heavy_tailed : data_kind::normal);
+      }
+      const cuda_t gpu = some_policy(random, workspace);
+      min_max_estimator<float> mm_gpu(layout), mm_cpu(layout);
+      running_min_max_estimator<float> run_gpu(0.9, layout), run_cpu(0.9, layout);
+      percentile_estimator<float> pct_gpu(99.0, 0.9, layout), pct_cpu(99.0, 0.9, layout);
+      mse_estimator<float> mse_gpu(4, quant_mode::asymmetric, layout, 40),
+          mse_cpu(4, quant_mode::asymmetric, layout, 40);
+      for (auto& b : batches) {
+        mm_gpu.observe(gpu, b.cview());
+        mm_cpu.observe(cpu, std::as_const(b).host_view());
+        run_gpu.observe(gpu, b.cview());
+        run_cpu.observe(cpu, std::as_const(b).host_view());
+        pct_gpu.observe(gpu, b.cview());
+        pct_cpu.observe(cpu, std::as_const(b).host_view());
+      }
+      std::vector<matrix_view<const T>> device_views;
+      std::vector<matrix_view<const float>> host_views;
+      for (auto& b : batches) {
+        device_views.push_back(b.cview());
+        host_views.push_back(std::as_const(b).host_view());
+      }
+      calibrate(gpu, mse_gpu, std::span<const matrix_view<const T>>(device_views));
+      calibrate(cpu, mse_cpu, std::span<const matrix_view<const float>>(host_views));
+      for (index_t c = 0; c < layout.channels; ++c) {
+        const auto i = static_cast<std::size_t>(c);
+        INFO("channel " << c);
+        CHECK(mm_gpu.ranges()[i].lo == mm_cpu.ranges()[i].lo);  // exact, as min and max are
+        CHECK(mm_gpu.ranges()[i].hi == mm_cpu.ranges()[i].hi);
+        CHECK(run_gpu.ranges()[i].lo == run_cpu.ranges()[i].lo);  // the same double updates of exact ranges
+        CHECK(run_gpu.ranges()[i].hi == run_cpu.ranges()[i].hi);
+        CHECK(pct_gpu.ranges()[i].lo == pct_cpu.ranges()[i].lo);  // exact selection, the same interpolation
+        CHECK(pct_gpu.ranges()[i].hi == pct_cpu.ranges()[i].hi);
+        // MSE: every candidate's loss within 1e-5 relative (fp32 tiles then double on the device, ~1e-6); the
+        // choice equal unless the host's two best losses are that close.
+        double best = INFINITY, second = INFINITY;
+        for (int k = 0; k < 40; ++k) {
+          const double want = mse_cpu.loss(c, k), got = mse_gpu.loss(c, k);
+          INFO("candidate " << k << ": loss " << got << " want " << want);
+          CHECK(std::fabs(got - want) <= 1e-5 * want + 1e-30);
+          if (want < best) {
+            second = best;
+            best = want;
+          } else if (want < second) {
+            second = want;
+          }
+        }
+        if (second - best > 2e-5 * best) {
+          CHECK(mse_gpu.ranges()[i].lo == mse_cpu.ranges()[i].lo);
+          CHECK(mse_gpu.ranges()[i].hi == mse_cpu.ranges()[i].hi);
+        }
+      }
+      // Host and device batches mix: the first batch observed on the host, the rest on the device.
+      min_max_estimator<float> mixed(layout);
+      mixed.observe(cpu, std::as_const(batches[0]).host_view());
+      mixed.observe(gpu, batches[1].cview());
+      mixed.observe(gpu, batches[2].cview());
+      for (std::size_t i = 0; i < mixed.ranges().size(); ++i) {
+        CHECK(mixed.ranges()[i].lo == mm_cpu.ranges()[i].lo);
+        CHECK(mixed.ranges()[i].hi == mm_cpu.ranges()[i].hi);
+      }
+      ++checked;
+    }
+  }
+  CHECK(checked == 12);
+  // Errors name the estimator's method; the state is unchanged.
+  test_matrix<T> x(gpu_shape{4, 6, 6, 0});
+  fill(random, x, data_kind::normal);
+  x(2, 3) = round_to<T>(std::numeric_limits<float>::quiet_NaN());
+  x.upload();
+  min_max_estimator<float> est;
+  CHECK_THROWS_WITH(est.observe(cuda_t{}, x.cview()), Contains("min_max_estimator::observe") && Contains("1 NaN"));
+  CHECK_THROWS_AS(est.ranges(), std::logic_error);
+  percentile_estimator<float> pct(99.0, 0.9, channel_layout{channel_axis::column, 6});
+  CHECK_THROWS_WITH(pct.observe(cuda_t{}, x.cview()), Contains("percentile_estimator::observe") && Contains("1 NaN"));
+  min_max_estimator<float> wrong_layout(channel_layout{channel_axis::column, 5});
+  CHECK_THROWS_WITH(wrong_layout.observe(cuda_t{}, x.cview()), Contains("'x'") && Contains("columns"));
 }

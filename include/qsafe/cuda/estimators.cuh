@@ -25,7 +25,9 @@
 /// float, `make_qparams<float>`). Each call synchronizes `stream` (results are on the host); scratch memory comes
 /// from the policy's `cuda_workspace` if it has one, else from cudaMallocAsync on `stream` (see cuda_t). Errors: as the
 /// host estimators (empty batch, layout, NaN / ±inf with their count, p outside [0, 100]) with `std::invalid_argument`
-/// naming the argument; CUDA errors throw `qsafe::cuda_error`. Per-channel percentile and MSE: not yet on CUDA.
+/// naming the argument; CUDA errors throw `qsafe::cuda_error`. The estimator classes of qsafe/estimators.hpp take
+/// `cuda_t` batches through this header (per tensor and per channel: percentile and MSE channel by channel, each a
+/// strided view of the batch, no copy).
 
 #include <algorithm>
 #include <cmath>
@@ -43,21 +45,57 @@
 
 namespace qsafe {
 
-/// The min and max of each channel of `x` (one entry per channel of `layout`; per tensor by default).
+namespace detail {
+
+// The estimators' device hooks (qsafe/estimators.hpp, detail::device_hook): found by argument-dependent lookup when
+// an estimator is fed a cuda_t batch; `function` names the caller in error messages.
+
 template <cuda_element T>
-std::vector<value_range> channel_ranges(const cuda_t& policy, matrix_view<const T> x, channel_layout layout = {}) {
-  detail::check_layout("channel_ranges", layout);
-  detail::check_batch("channel_ranges", layout, x);
-  const bool columns = layout.axis == channel_axis::column;
-  const detail::cuda::channel_extremes e =
-      detail::cuda::channel_ranges("channel_ranges", policy, x, columns, layout.channels);
+std::vector<value_range> device_ranges(device_hook, const cuda_t& policy, std::string_view function,
+                                       const channel_layout& layout, matrix_view<const T> x) {
+  check_layout(function, layout);
+  check_batch(function, layout, x);
+  const cuda::channel_extremes e =
+      cuda::channel_ranges(function, policy, x, layout.axis == channel_axis::column, layout.channels);
   if (e.non_finite > 0) {
-    detail::fail_non_finite_count("channel_ranges",
-                                  static_cast<index_t>(detail::cuda::count_non_finite("channel_ranges", policy, x)));
+    fail_non_finite_count(function, static_cast<index_t>(cuda::count_non_finite(function, policy, x)));
   }
   std::vector<value_range> out;
   for (std::size_t c = 0; c < e.lo.size(); ++c) out.push_back({e.lo[c], e.hi[c]});
   return out;
+}
+
+template <cuda_element T>
+std::vector<double> device_percentiles(device_hook, const cuda_t& policy, std::string_view function,
+                                       matrix_view<const T> x, std::span<const double> p) {
+  check_non_empty(function, x);
+  for (const double q : p) {
+    if (!(q >= 0.0 && q <= 100.0)) fail(function, "p", "must be in [0, 100], got " + std::to_string(q));
+  }
+  return percentiles_by_selection(x.size(), p, [&](std::span<const index_t> ranks) {
+    cuda::selected_values sel = cuda::select_ranks(function, policy, x, ranks);
+    if (sel.non_finite > 0) fail_non_finite_count(function, static_cast<index_t>(sel.non_finite));
+    return std::move(sel.values);
+  });
+}
+
+template <cuda_element T>
+std::vector<double> device_losses(device_hook, const cuda_t& policy, std::string_view function, matrix_view<const T> x,
+                                  std::span<const quant_params> candidates) {
+  check_non_empty(function, x);
+  check_each_params(function, "candidates", candidates);
+  std::vector<lane_params<float>> lanes;
+  for (const quant_params& c : candidates) lanes.push_back(to_lanes<float>(c));
+  if (lanes.empty()) return {};
+  return cuda::squared_errors(function, policy, x, std::span<const lane_params<float>>(lanes));
+}
+
+}  // namespace detail
+
+/// The min and max of each channel of `x` (one entry per channel of `layout`; per tensor by default).
+template <cuda_element T>
+std::vector<value_range> channel_ranges(const cuda_t& policy, matrix_view<const T> x, channel_layout layout = {}) {
+  return detail::device_ranges(detail::device_hook{}, policy, "channel_ranges", layout, x);
 }
 
 /// Running min-max's update with batch `x` (running_min_max_estimator::observe): `state` empty: the batch's
@@ -77,15 +115,7 @@ void observe_running_min_max(const cuda_t& policy, matrix_view<const T> x, doubl
 /// The exact `p`-th percentiles of all elements of `x`, as `percentiles(qsafe::cpu, ...)` defines them.
 template <cuda_element T>
 std::vector<double> percentiles(const cuda_t& policy, matrix_view<const T> x, std::span<const double> p) {
-  detail::check_non_empty("percentiles", x);
-  for (const double q : p) {
-    if (!(q >= 0.0 && q <= 100.0)) detail::fail("percentiles", "p", "must be in [0, 100], got " + std::to_string(q));
-  }
-  return detail::percentiles_by_selection(x.size(), p, [&](std::span<const index_t> ranks) {
-    detail::cuda::selected_values sel = detail::cuda::select_ranks("percentiles", policy, x, ranks);
-    if (sel.non_finite > 0) detail::fail_non_finite_count("percentiles", static_cast<index_t>(sel.non_finite));
-    return std::move(sel.values);
-  });
+  return detail::device_percentiles(detail::device_hook{}, policy, "percentiles", x, p);
 }
 
 /// One percentile; see `percentiles`.
@@ -100,13 +130,7 @@ double percentile(const cuda_t& policy, matrix_view<const T> x, double p) {
 template <cuda_element T>
 std::vector<double> quantization_losses(const cuda_t& policy, matrix_view<const T> x,
                                         std::span<const quant_params> candidates) {
-  detail::check_non_empty("quantization_losses", x);
-  detail::check_each_params("quantization_losses", "candidates", candidates);
-  std::vector<detail::lane_params<float>> lanes;
-  for (const quant_params& c : candidates) lanes.push_back(detail::to_lanes<float>(c));
-  if (lanes.empty()) return {};
-  return detail::cuda::squared_errors("quantization_losses", policy, x,
-                                      std::span<const detail::lane_params<float>>(lanes));
+  return detail::device_losses(detail::device_hook{}, policy, "quantization_losses", x, candidates);
 }
 
 struct mse_search_result {

@@ -36,7 +36,7 @@
 ///   bins), and adds them on the host: with many channels that copy and that addition, not the read, dominate.
 ///
 /// Design: histogram::observe has an overload for non-host policies that calls `histogram_ranges` /
-/// `histogram_bins` with `detail::histogram_hook` first; this header defines them for cuda_t in qsafe::detail,
+/// `histogram_bins` with `detail::device_hook` first; this header defines them for cuda_t in qsafe::detail,
 /// where argument-dependent lookup finds them when observe is instantiated (the host header needs no CUDA).
 
 #include <span>
@@ -59,9 +59,9 @@ void check_device_batch(const matrix_view<const D>& x) {
   }
 }
 
-/// Pass 1 of a device batch (see histogram_hook in qsafe/histogram.hpp).
+/// Pass 1 of a device batch (see device_hook in qsafe/estimators.hpp, the passes in qsafe/histogram.hpp).
 template <class T, cuda_element D>
-void histogram_ranges(histogram_hook, const cuda_t& policy, const matrix_view<const D>& x, const channel_layout& layout,
+void histogram_ranges(device_hook, const cuda_t& policy, const matrix_view<const D>& x, const channel_layout& layout,
                       std::vector<finite_range<T>>& out) {
   static_assert(std::is_same_v<T, float>, "device batches feed qsafe::histogram<float> only");
   check_device_batch(x);
@@ -70,7 +70,7 @@ void histogram_ranges(histogram_hook, const cuda_t& policy, const matrix_view<co
 
 /// Pass 2 of a device batch.
 template <class T, cuda_element D>
-histogram_batch_counts histogram_bins(histogram_hook, const cuda_t& policy, const matrix_view<const D>& x,
+histogram_batch_counts histogram_bins(device_hook, const cuda_t& policy, const matrix_view<const D>& x,
                                       const channel_layout& layout, std::span<const grid_lanes<T>> grids) {
   static_assert(std::is_same_v<T, float>, "device batches feed qsafe::histogram<float> only");
   check_device_batch(x);
@@ -78,19 +78,5 @@ histogram_batch_counts histogram_bins(histogram_hook, const cuda_t& policy, cons
 }
 
 }  // namespace detail
-
-/// Runs a histogram's passes over device batches (`qsafe::calibrate` for cuda_t).
-template <class Estimator, cuda_element D>
-void calibrate(const cuda_t& policy, Estimator& estimator, std::span<const matrix_view<const D>> batches) {
-  do {
-    for (const matrix_view<const D>& b : batches) estimator.observe(policy, b);
-  } while (estimator.next_pass());
-}
-
-/// Runs a histogram's passes over one device tensor.
-template <class Estimator, cuda_element D>
-void calibrate(const cuda_t& policy, Estimator& estimator, matrix_view<const D> x) {
-  calibrate(policy, estimator, std::span<const matrix_view<const D>>(&x, 1));
-}
 
 }  // namespace qsafe
