@@ -32,7 +32,9 @@ __device__ __forceinline__ float round_code(const round_stochastic_tag& r, float
 template <class Rounding = round_half_even_tag>
 __device__ __forceinline__ float unclamped_code(const lane_params<float>& p, float x, const Rounding& rounding = {},
                                                 std::uint64_t j = 0) {
-  return p.zero_point + round_code(rounding, x * p.inv_scale, j);
+  // __fmul_rn: the product is rounded on its own, as on the host (stochastic rounding's v − floor(v) could otherwise
+  // be contracted with it into one FMA).
+  return p.zero_point + round_code(rounding, __fmul_rn(x, p.inv_scale), j);
 }
 
 // The straight-through masks (qsafe::ste_mask); v is the unclamped code, x the input.
