@@ -120,7 +120,6 @@ void sweep(const char* dtype, std::size_t elements, int repeats) {
     sweep_shape<T, 16 / packet>(dtype, elements, repeats, cols, 0);
     sweep_shape<T, 32 / packet>(dtype, elements, repeats, cols, 0);
     sweep_shape<T, 64 / packet>(dtype, elements, repeats, cols, 0);
-    if constexpr (sizeof(T) == 2) sweep_shape<T, 128 / packet>(dtype, elements, repeats, cols, 0);
     for (const int t : {128, 256, 512}) sweep_shape<T, 0>(dtype, elements, repeats, cols, t);
   }
 }

@@ -19,7 +19,7 @@
 ///   `qsafe::cuda_error` naming the op and the call; a fault inside the kernel surfaces at the next synchronization.
 /// - Determinism: fixed reduction order, bit-identical results for the same inputs and shape.
 /// - Aliasing: as on the host (y may be x; dx may be p or dy; from scores, dx may be x but not dy).
-/// - Performance: a row whose 16-byte packets fit in registers (8 K to 32 K elements, by op and type) is read once and
+/// - Performance: a row whose 16-byte packets fit in registers (8 K or 16 K elements, by op) is read once and
 ///   written once; longer rows are re-read from memory (2-3 reads). Every row start and stride 16-byte aligned
 ///   gives 16-byte accesses; otherwise a single-element fallback runs.
 

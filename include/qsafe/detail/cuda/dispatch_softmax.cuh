@@ -36,14 +36,12 @@ struct softmax_tuning {
   //     an SM); float equal (3.04) both ways.
   //   backward from scores, float 32: T = 8192: 16 -> 2.65-2.72, 32 -> 3.06; bf16 16: T = 128 / 8192:
   //     16 -> 2.63-2.77 / 2.14-2.36, 32 -> 2.48-2.65 / 2.19-2.39.
-  //   2-byte types cache their keys, not fp32 exponentials (kernels/softmax.cuh): forward 64 and backward from
-  //     scores 32 elements in as many registers as 32 / 16 before (chosen before measuring: see --sweep).
   template <class T>
-  static constexpr int forward_cached_elements = sizeof(T) == 4 ? 32 : 64;
+  static constexpr int forward_cached_elements = 32;
   template <class T>
   static constexpr int backward_cached_elements = 16;
   template <class T>
-  static constexpr int backward_from_scores_cached_elements = 32;
+  static constexpr int backward_from_scores_cached_elements = sizeof(T) == 4 ? 32 : 16;
   // Threads per block when several short rows share a block: 256 gives 8 blocks (2048 threads) per SM.
   static constexpr int block_threads = 256;
   static constexpr int min_threads_per_row = 4;

@@ -11,7 +11,6 @@
 #include <cuda_runtime.h>
 
 #include <cmath>
-#include <type_traits>
 
 #include "qsafe/detail/cuda/element.cuh"
 #include "qsafe/detail/cuda/row_group.cuh"
@@ -37,23 +36,13 @@ struct plus_op {
   __device__ __forceinline__ float operator()(float a, float b) const { return a + b; }
 };
 
-// exp(x_j - base) for this thread's keys, `base` its largest finite key (0 if it has none), for the cached shapes
-// from registers: float rows keep the exponentials (one exp a key); half / bfloat16 rows keep the keys in their own
-// type, two a register, and take each exp again when it is used (`exponential`): twice the keys per register, so
-// rows up to 8 K fit with fewer threads a row and more rows in flight (bf16 fp32-cached rows ran at 87-91% of a
-// copy at T >= 2048). The streamed shape keeps only (base, sum), per packet rescaled. NaN keys make `sum` NaN
-// (fmaxf skips them in the max), which marks the row NaN after the reductions.
+// exp(x_j - base) for this thread's keys, `base` its largest finite key (0 if it has none): kept in registers for
+// the cached shapes, so each key costs one exp. The streamed shape keeps only (base, sum), per packet rescaled.
+// NaN keys make `sum` NaN (fmaxf skips them in the max), which marks the row NaN after the reductions.
 template <class Shape, class T>
 struct row_exponentials {
   static constexpr int N = Shape::packet, C = Shape::cached > 0 ? Shape::cached : 1;
-  static constexpr bool keys_cached = Shape::cached > 0 && sizeof(T) == 2;
-  struct exponential_cache {
-    float e[C][N];
-  };
-  struct key_cache {
-    packet<T, N> raw[C];
-  };
-  std::conditional_t<keys_cached, key_cache, exponential_cache> cache;
+  float e[C][N];
   float base = 0.0f;
   float max = negative_infinity;  // the largest key, -inf if none is finite
   float sum = 0.0f;               // sum of exp(x_j - base)
@@ -69,21 +58,20 @@ struct row_exponentials {
       for (int k = 0; k < C; ++k) {
         const int j = walk.first + k * walk.step;
         raw[k] = load_packet<N>(row, j, j < length ? length : 0, fill);
-        if constexpr (keys_cached) cache.raw[k] = raw[k];
       }
 #pragma unroll
       for (int k = 0; k < C; ++k) {
+        to_float(raw[k], e[k]);
 #pragma unroll
-        for (int i = 0; i < N; ++i) max = fmaxf(max, to_float(raw[k].v[i]));
+        for (int i = 0; i < N; ++i) max = fmaxf(max, e[k][i]);
       }
       base = max == negative_infinity ? 0.0f : max;
 #pragma unroll
       for (int k = 0; k < C; ++k) {
 #pragma unroll
         for (int i = 0; i < N; ++i) {
-          const float e = __expf(to_float(raw[k].v[i]) - base);
-          if constexpr (!keys_cached) cache.e[k][i] = e;
-          sum += e;
+          e[k][i] = __expf(e[k][i] - base);
+          sum += e[k][i];
         }
       }
     } else {
@@ -101,15 +89,6 @@ struct row_exponentials {
         base = b;
         sum = s;
       });
-    }
-  }
-
-  // exp(x_j - base) of the cached key i of packet k (the same value as in `sum`).
-  __device__ __forceinline__ float exponential(int k, int i) const {
-    if constexpr (keys_cached) {
-      return __expf(to_float(cache.raw[k].v[i]) - base);
-    } else {
-      return cache.e[k][i];
     }
   }
 
@@ -169,7 +148,7 @@ struct probabilities {
     constexpr int N = Shape::packet;
     if constexpr (Shape::cached > 0) {
 #pragma unroll
-      for (int i = 0; i < N; ++i) p[i] = ex.exponential(k, i) * factor;
+      for (int i = 0; i < N; ++i) p[i] = ex.e[k][i] * factor;
     } else {
       float x[N];
       to_float(load_packet<N>(ex.row, j, ex.length, from_float<T>(negative_infinity)), x);
