@@ -124,15 +124,14 @@ template <class T>
 partial_moments tensor_moments(std::string_view function, const cuda_t& policy, const matrix_view<const T>& x) {
   const cudaStream_t stream = policy.stream;
   const walk_shape s = flat_shape(x);
-  // The grid (so the partition and every rounding) depends on the shape and the element type's tile only.
-  constexpr int tile = moments_tile<T>;
-  const dim3 grid = reduction_grid(s, tile, reduction_tuning::moments_max_blocks);
+  const dim3 grid = reduction_grid(s, reduction_tuning::tile_elements, reduction_tuning::moments_max_blocks);
   const unsigned blocks = grid.x * grid.y;
   const scratch space(function, policy, (blocks + 1) * sizeof(partial_moments), sizeof(partial_moments));
   auto* partials = space.device_at<partial_moments>(0);
   with_packet(x, [&](auto packet) {
     constexpr int N = decltype(packet)::value;
-    moments_kernel<N, tile / N><<<grid, reduce_block_threads, 0, stream>>>(s.rows, s.cols, x.data, s.stride, partials);
+    moments_kernel<N, reduction_tuning::tile_elements / N>
+        <<<grid, reduce_block_threads, 0, stream>>>(s.rows, s.cols, x.data, s.stride, partials);
   });
   check(cudaGetLastError(), function, "the moments kernel launch");
   combine_moments_kernel<<<1, reduce_block_threads, 0, stream>>>(partials, static_cast<int>(blocks), partials + blocks);

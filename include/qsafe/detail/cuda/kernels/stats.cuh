@@ -1,7 +1,7 @@
 #pragma once
 // Statistics kernels (REFERENCE §3): one read of the tensor.
 //  - moments_kernel: each thread takes tiles of K packets (N elements each, 16-byte loads); a tile's power sums
-//    about its midrange are taken in fp32 (32 or 64 terms) and turned into central moments in double, merged into the
+//    about its midrange are taken in fp32 (32 terms) and turned into central moments in double, merged into the
 //    thread's running moments with the pairwise formulas of qsafe::moments::merge; a fixed-order block reduction writes
 //    one partial per block, and combine_moments_kernel merges the partials in a fixed order. Deterministic for a given
 //    shape.
@@ -106,12 +106,11 @@ __device__ __forceinline__ bool valid(int base, int cols, int k, int i) {
 
 // One tile's moments: the power sums of its deviations from its midrange, scaled by a power of two 2^-e so that
 // their 4th powers neither overflow nor underflow (as the host kernels do), summed in fp32 over the tile (at most
-// 64 terms: relative error <= 64·2^-24 per sum), then unscaled exactly in double and turned into central sums as
+// 32 terms: relative error <= 32·2^-24 per sum), then unscaled exactly in double and turned into central sums as
 // qsafe::moments::from_power_sums does. The midrange shift keeps clustered data (1e6 + N(0, 1)) exact: the
-// differences are then exact in fp32. The tile stays in its element type (a bf16 tile of 64 values in 32 registers)
-// and is widened on each use.
-template <int N, int K, bool Full, class T>
-__device__ __forceinline__ partial_moments tile_moments(const packet<T, N> (&raw)[K], int base, int cols) {
+// differences are then exact in fp32.
+template <int N, int K, bool Full>
+__device__ __forceinline__ partial_moments tile_moments(const float (&v)[K][N], int base, int cols) {
   float lo = INFINITY, hi = -INFINITY;
   unsigned count = 0;
 #pragma unroll
@@ -119,9 +118,8 @@ __device__ __forceinline__ partial_moments tile_moments(const packet<T, N> (&raw
 #pragma unroll
     for (int i = 0; i < N; ++i) {
       if (Full || valid<N, K>(base, cols, k, i)) {
-        const float v = to_float(raw[k].v[i]);
-        lo = fminf(lo, v);
-        hi = fmaxf(hi, v);
+        lo = fminf(lo, v[k][i]);
+        hi = fmaxf(hi, v[k][i]);
         ++count;
       }
     }
@@ -134,16 +132,13 @@ __device__ __forceinline__ partial_moments tile_moments(const packet<T, N> (&raw
   const float spread = fmaxf(hi - shift, shift - lo);
   const int e = spread > 0.0f && spread <= FLT_MAX ? max(-118, min(126, ilogbf(spread))) : 0;
   const float scale = __int_as_float((127 - e) << 23);
-  // d = (v − shift)·scale in one FMA: scaling by a power of two commutes with the rounding, so this is the same
-  // single rounding of (v − shift)·scale (exact where v − shift is).
-  const float shifted = -(shift * scale);
   float s1 = 0.0f, s2 = 0.0f, s3 = 0.0f, s4 = 0.0f;
 #pragma unroll
   for (int k = 0; k < K; ++k)
 #pragma unroll
     for (int i = 0; i < N; ++i) {
       if (Full || valid<N, K>(base, cols, k, i)) {
-        const float d = fmaf(to_float(raw[k].v[i]), scale, shifted), d2 = d * d;
+        const float d = (v[k][i] - shift) * scale, d2 = d * d;
         s1 += d;
         s2 += d2;
         s3 = fmaf(d2, d, s3);
@@ -167,11 +162,6 @@ __device__ __forceinline__ partial_moments tile_moments(const packet<T, N> (&raw
 // One partial per block: partials[blockIdx.y · gridDim.x + blockIdx.x].
 // 3 blocks an SM (85 registers): at 4 (64 registers) the tile of 32 floats and the double merge spilled.
 inline constexpr int moments_blocks_per_sm = 3;
-// Values per thread per tile: 8 packets (32 floats, 64 half / bf16 values: the per-tile double work, ~4 operations a
-// value at 32 values, is halved for 2-byte types, whose values bring half the bytes). Unaligned views take the same
-// tile in single elements (the same partition, so the same result).
-template <class T>
-inline constexpr int moments_tile = sizeof(T) == 2 ? 64 : 32;
 
 template <int N, int K, class T>
 __global__ void __launch_bounds__(reduce_block_threads, moments_blocks_per_sm)
@@ -180,17 +170,12 @@ __global__ void __launch_bounds__(reduce_block_threads, moments_blocks_per_sm)
   partial_moments acc = empty_moments();
   const int span = static_cast<int>(blockDim.x) * N * K;
   for_each_tile<N * K>(rows, cols, [&](index_t r, int base) {
-    packet<T, N> raw[K];
-    const T* row = x + r * stride;
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-      const int j = base + (k * static_cast<int>(blockDim.x) + static_cast<int>(threadIdx.x)) * N;
-      raw[k] = load_packet<N>(row, j, j < cols ? cols : 0, from_float<T>(0.0f));
-    }
+    float v[K][N];
+    load_tile<N, K>(x + r * stride, base, cols, 0.0f, v);
     if (base + span <= cols) {
-      merge_moments(acc, tile_moments<N, K, true>(raw, base, cols));
+      merge_moments(acc, tile_moments<N, K, true>(v, base, cols));
     } else {
-      merge_moments(acc, tile_moments<N, K, false>(raw, base, cols));
+      merge_moments(acc, tile_moments<N, K, false>(v, base, cols));
     }
   });
   acc = block_reduce(acc, empty_moments(), merge_moments_op{}, slots);
