@@ -14,8 +14,6 @@
 
 #include <cfloat>
 #include <cstdint>
-#include <cstring>
-#include <type_traits>
 
 #include "qsafe/detail/cuda/block_reduce.cuh"
 #include "qsafe/detail/cuda/element.cuh"
@@ -215,84 +213,19 @@ struct merge_range_op {
   }
 };
 
-// Half / bfloat16 packets: min, max and the NaN probe on pairs in the element type, one instruction for two values
-// (widening each value to fp32 first cost more than the comparisons: bf16 min-max ran at 74% of a copy on the
-// H200). __hmin2 / __hmax2 skip a NaN as fminf does; the probe v·0 + probe is NaN exactly when some v is NaN or
-// ±inf, as in fp32 (half / bf16 hold 0·v exactly). `lo` / `hi` hold two lanes: columns 2i and 2i + 1 of a packet.
-template <class T>
-struct element_pair;
-template <>
-struct element_pair<__half> {
-  using type = __half2;
-  __device__ static type splat(float v) { return __float2half2_rn(v); }
-};
-template <>
-struct element_pair<__nv_bfloat16> {
-  using type = __nv_bfloat162;
-  __device__ static type splat(float v) { return __float2bfloat162_rn(v); }
-};
-
-// Whether packets of N elements of T take the paired path.
-template <class T, int N>
-inline constexpr bool paired_range = sizeof(T) == 2 && N % 2 == 0;
-
-template <class T, int Pairs>
-struct pair_range {
-  using P = typename element_pair<T>::type;
-  P lo[Pairs], hi[Pairs], probe;
-  __device__ pair_range() {
+template <int N, int K, bool Full>
+__device__ __forceinline__ void fold_range(const float (&v)[K][N], int base, int cols, partial_range& acc) {
 #pragma unroll
-    for (int i = 0; i < Pairs; ++i) lo[i] = element_pair<T>::splat(INFINITY), hi[i] = element_pair<T>::splat(-INFINITY);
-    probe = element_pair<T>::splat(0.0f);
-  }
-  // Folds a packet of 2·Pairs elements (lane i of the packet into pair i / 2).
-  __device__ __forceinline__ void fold(const packet<T, 2 * Pairs>& raw) {
-    const P zero = element_pair<T>::splat(0.0f);
+  for (int k = 0; k < K; ++k)
 #pragma unroll
-    for (int i = 0; i < Pairs; ++i) {
-      P v;
-      memcpy(&v, &raw.v[2 * i], sizeof v);
-      lo[i] = __hmin2(lo[i], v);
-      hi[i] = __hmax2(hi[i], v);
-      probe = __hfma2(v, zero, probe);
+    for (int i = 0; i < N; ++i) {
+      if (Full || valid<N, K>(base, cols, k, i)) {
+        acc.lo = fminf(acc.lo, v[k][i]);
+        acc.hi = fmaxf(acc.hi, v[k][i]);
+        acc.probe = fmaf(v[k][i], 0.0f, acc.probe);
+      }
     }
-  }
-  // Lane i's range (probe: all lanes'), in fp32.
-  __device__ __forceinline__ float lane_lo(int i) const {
-    return i % 2 == 0 ? __low2float(lo[i / 2]) : __high2float(lo[i / 2]);
-  }
-  __device__ __forceinline__ float lane_hi(int i) const {
-    return i % 2 == 0 ? __low2float(hi[i / 2]) : __high2float(hi[i / 2]);
-  }
-  __device__ __forceinline__ float probe_sum() const {
-    return __low2float(probe) + __high2float(probe);
-  }
-  // All lanes folded into one fp32 range.
-  __device__ __forceinline__ partial_range total() const {
-    partial_range r{INFINITY, -INFINITY, probe_sum()};
-#pragma unroll
-    for (int i = 0; i < 2 * Pairs; ++i) r.lo = fminf(r.lo, lane_lo(i)), r.hi = fmaxf(r.hi, lane_hi(i));
-    return r;
-  }
-};
-
-// The fp32 accumulator for every element type, with a paired one beside it for half / bfloat16 packets.
-template <class T, int N>
-struct range_accumulator {
-  partial_range acc{INFINITY, -INFINITY, 0.0f};
-  struct none {};
-  std::conditional_t<paired_range<T, N>, pair_range<T, N / 2>, none> pairs;
-  // acc with the pairs folded in (and the pairs reset).
-  __device__ __forceinline__ partial_range take() {
-    partial_range out = acc;
-    if constexpr (paired_range<T, N>) {
-      merge_range_op{}(out, pairs.total());
-      pairs = {};
-    }
-    acc = {INFINITY, -INFINITY, 0.0f};
-    return out;
-  }
-};
+}
 
 // min_keys[c] / max_keys[c]: the order keys of channel c's min and max (initialized by the caller to ~0u and 0).
 __device__ __forceinline__ void publish_range(const partial_range& r, index_t channel, std::uint32_t* min_keys,
@@ -316,118 +249,94 @@ __global__ void __launch_bounds__(reduce_block_threads, reduce_blocks_per_sm)
                       std::uint32_t* max_keys, unsigned long long* non_finite) {
   __shared__ partial_range slots[reduce_block_threads / 32];
   const partial_range identity{INFINITY, -INFINITY, 0.0f};
-  range_accumulator<T, N> acc;
-  // One packet: whole packets of 2-byte types in pairs, else element by element in fp32 (zeros past `cols`: the
-  // callers fold only elements before it).
-  const auto fold_packet = [&](const packet<T, N>& raw, int j) {
-    if constexpr (paired_range<T, N>) {
-      if (j + N <= cols) {
-        acc.pairs.fold(raw);
-        return;
-      }
-    }
-    float v[N];
-    to_float(raw, v);
-#pragma unroll
-    for (int i = 0; i < N; ++i) {
-      if (j + i < cols) {
-        acc.acc.lo = fminf(acc.acc.lo, v[i]);
-        acc.acc.hi = fmaxf(acc.acc.hi, v[i]);
-        acc.acc.probe = fmaf(v[i], 0.0f, acc.acc.probe);
-      }
-    }
-  };
-  const auto publish = [&](index_t channel) {
-    const partial_range total = block_reduce(acc.take(), identity, merge_range_op{}, slots);
-    if (threadIdx.x == 0) publish_range(total, channel, min_keys, max_keys, non_finite);
-  };
+  partial_range acc = identity;
   if constexpr (OneChannel) {
     if (blockIdx.y >= rows) return;
     const index_t row_step = gridDim.y;
     for (index_t r0 = blockIdx.y; r0 < rows; r0 += range_unroll * row_step) {
       for (int j = static_cast<int>((blockIdx.x * blockDim.x + threadIdx.x) * N); j < cols;
            j += static_cast<int>(gridDim.x * blockDim.x * N)) {
-        packet<T, N> raw[range_unroll];
+        float v[range_unroll][N];
 #pragma unroll
         for (int u = 0; u < range_unroll; ++u) {
           // A row past the end repeats row r0 (no effect on min, max or the NaN probe's verdict).
           const index_t r = r0 + u * row_step < rows ? r0 + u * row_step : r0;
-          raw[u] = load_packet<N>(x + r * stride, j, cols, from_float<T>(0.0f));
+          to_float(load_packet<N>(x + r * stride, j, cols, from_float<T>(0.0f)), v[u]);
         }
 #pragma unroll
-        for (int u = 0; u < range_unroll; ++u) fold_packet(raw[u], j);
+        for (int u = 0; u < range_unroll; ++u)
+#pragma unroll
+          for (int i = 0; i < N; ++i) {
+            if (j + i < cols) {
+              acc.lo = fminf(acc.lo, v[u][i]);
+              acc.hi = fmaxf(acc.hi, v[u][i]);
+              acc.probe = fmaf(v[u][i], 0.0f, acc.probe);
+            }
+          }
       }
     }
-    publish(blockIdx.y % channels);
+    const partial_range total = block_reduce(acc, identity, merge_range_op{}, slots);
+    if (threadIdx.x == 0) publish_range(total, blockIdx.y % channels, min_keys, max_keys, non_finite);
     return;
   }
   index_t channel = -1;
   for (index_t r = blockIdx.y; r < rows; r += gridDim.y) {
     const index_t c = r % channels;
     if (c != channel) {
-      if (channel >= 0) publish(channel);
+      if (channel >= 0) {
+        const partial_range total = block_reduce(acc, identity, merge_range_op{}, slots);
+        if (threadIdx.x == 0) publish_range(total, channel, min_keys, max_keys, non_finite);
+        acc = identity;
+      }
       channel = c;
     }
     const T* row = x + r * stride;
     const int span = static_cast<int>(blockDim.x) * N * range_unroll;
     for (int base = static_cast<int>(blockIdx.x) * span; base < cols; base += static_cast<int>(gridDim.x) * span) {
-      packet<T, N> raw[range_unroll];
-#pragma unroll
-      for (int k = 0; k < range_unroll; ++k) {
-        const int j = base + (k * static_cast<int>(blockDim.x) + static_cast<int>(threadIdx.x)) * N;
-        raw[k] = load_packet<N>(row, j, j < cols ? cols : 0, from_float<T>(0.0f));
-      }
-#pragma unroll
-      for (int k = 0; k < range_unroll; ++k) {
-        fold_packet(raw[k], base + (k * static_cast<int>(blockDim.x) + static_cast<int>(threadIdx.x)) * N);
+      float v[range_unroll][N];
+      load_tile<N, range_unroll>(row, base, cols, 0.0f, v);
+      // Whole tiles skip the per-element bound test.
+      if (base + span <= cols) {
+        fold_range<N, range_unroll, true>(v, base, cols, acc);
+      } else {
+        fold_range<N, range_unroll, false>(v, base, cols, acc);
       }
     }
   }
-  if (channel >= 0) publish(channel);
+  if (channel >= 0) {
+    const partial_range total = block_reduce(acc, identity, merge_range_op{}, slots);
+    if (threadIdx.x == 0) publish_range(total, channel, min_keys, max_keys, non_finite);
+  }
 }
 
 // Channels along columns (column j is channel j): each thread keeps the range of its N columns over the rows
-// blockIdx.y + k·gridDim.y (2-byte types: in pairs), then publishes them.
+// blockIdx.y + k·gridDim.y, then publishes them.
 template <int N, class T>
 __global__ void __launch_bounds__(reduce_block_threads, reduce_blocks_per_sm)
     column_ranges_kernel(index_t rows, int cols, const T* x, index_t stride, std::uint32_t* min_keys,
                          std::uint32_t* max_keys, unsigned long long* non_finite) {
   const int j = static_cast<int>((blockIdx.x * blockDim.x + threadIdx.x) * N);
   if (j >= cols) return;
-  constexpr bool paired = paired_range<T, N>;
   float lo[N], hi[N];
   float probe = 0.0f;
 #pragma unroll
   for (int i = 0; i < N; ++i) lo[i] = INFINITY, hi[i] = -INFINITY;
-  std::conditional_t<paired, pair_range<T, (N + 1) / 2>, partial_range> pairs{};
   for (index_t r0 = blockIdx.y; r0 < rows; r0 += range_unroll * index_t{gridDim.y}) {
-    packet<T, N> raw[range_unroll];
+    float v[range_unroll][N];
 #pragma unroll
     for (int u = 0; u < range_unroll; ++u) {
       // A row past the end repeats row r0 (no effect on min and max; not counted twice below).
       const index_t r = r0 + u * index_t{gridDim.y} < rows ? r0 + u * index_t{gridDim.y} : r0;
-      raw[u] = load_packet<N>(x + r * stride, j, cols, from_float<T>(0.0f));
+      to_float(load_packet<N>(x + r * stride, j, cols, from_float<T>(0.0f)), v[u]);
     }
 #pragma unroll
-    for (int u = 0; u < range_unroll; ++u) {
-      if constexpr (paired) {
-        pairs.fold(raw[u]);  // lanes past `cols` hold 0: never published, and 0 leaves the probe alone
-      } else {
-        float v[N];
-        to_float(raw[u], v);
+    for (int u = 0; u < range_unroll; ++u)
 #pragma unroll
-        for (int i = 0; i < N; ++i) {
-          lo[i] = fminf(lo[i], v[i]);
-          hi[i] = fmaxf(hi[i], v[i]);
-          if (j + i < cols) probe = fmaf(v[i], 0.0f, probe);  // a repeated row only repeats a value
-        }
+      for (int i = 0; i < N; ++i) {
+        lo[i] = fminf(lo[i], v[u][i]);
+        hi[i] = fmaxf(hi[i], v[u][i]);
+        if (j + i < cols) probe = fmaf(v[u][i], 0.0f, probe);  // a repeated row only repeats a value
       }
-    }
-  }
-  if constexpr (paired) {
-#pragma unroll
-    for (int i = 0; i < N; ++i) lo[i] = pairs.lane_lo(i), hi[i] = pairs.lane_hi(i);
-    probe = pairs.probe_sum();
   }
 #pragma unroll
   for (int i = 0; i < N; ++i) {
