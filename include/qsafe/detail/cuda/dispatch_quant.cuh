@@ -38,12 +38,11 @@ index_t resident_blocks(std::string_view function, Kernel kernel) {
 }
 
 // Launches kernel_for(packet) for the matrix (rows x cols with the strides given) as launch(kernel, grid, rows, cols),
-// packets of PacketBytes where every row start is 16-byte aligned (else single elements),
 // flattening a contiguous one into a single row when its size fits an int. Per-channel launches (`one_wave`) keep
 // rows as rows and bound the blocks along them so that the whole grid is one wave of the kernel at its occupancy
 // (asked of the runtime: a bf16 column-channel kernel holds 8 columns' parameters, ~40 registers, and fits 3 blocks
 // an SM, not 8): each thread then takes its column parameters once for many rows, and no wave runs part-empty.
-template <class T, int PacketBytes, class KernelFor, class Launch>
+template <class T, class KernelFor, class Launch>
 void launch_elementwise(std::string_view function, index_t rows, index_t cols, bool contiguous, bool aligned,
                         bool one_wave, KernelFor&& kernel_for, Launch&& launch) {
   if (contiguous && rows * cols <= INT_MAX / 2) {
@@ -61,17 +60,12 @@ void launch_elementwise(std::string_view function, index_t rows, index_t cols, b
     launch(kernel, grid, rows, static_cast<int>(cols));
   };
   if (aligned) {
-    go(std::integral_constant<int, PacketBytes / static_cast<int>(sizeof(T))>{});
+    go(std::integral_constant<int, 16 / static_cast<int>(sizeof(T))>{});
   } else {
     go(std::integral_constant<int, 1>{});
   }
   check(cudaGetLastError(), function, "the kernel launch");
 }
-
-// 16-byte packets; 8 for 2-byte types with column channels, whose thread holds its columns' parameters in
-// registers (5 floats a column: 40 registers for 8 columns left the bf16 forward latency-bound at 59% of a copy).
-template <class Params, class T>
-inline constexpr int packet_bytes = std::is_same_v<Params, column_channel_params> && sizeof(T) == 2 ? 8 : 16;
 
 // Params: tensor_params (a contiguous matrix is then walked as one row), or per channel (row_channel_params,
 // column_channel_params: rows stay rows). The stochastic stream index of element (r, j) is
@@ -84,7 +78,7 @@ void fake_quantize(cudaStream_t stream, const Params& p, matrix_view<const T> x,
   const bool aligned = aligned_16(x.data, x.row_stride, x.rows) && aligned_16(y.data, y.row_stride, y.rows);
   with_rounding(options, options.index_offset, [&](const auto& rounding) {
     using Rounding = std::decay_t<decltype(rounding)>;
-    launch_elementwise<T, packet_bytes<Params, T>>(
+    launch_elementwise<T>(
         "fake_quantize", x.rows, x.cols, contiguous, aligned, !per_tensor,
         [](auto packet) { return fake_quantize_kernel<decltype(packet)::value, Params, Rounding, T>; },
         [&](auto kernel, dim3 grid, index_t rows, int cols) {
@@ -105,7 +99,7 @@ void fake_quantize_backward(cudaStream_t stream, const Params& p, matrix_view<co
   with_rounding_and_mask(options, options.index_offset, [&](const auto& rounding, const auto& mask) {
     using Rounding = std::decay_t<decltype(rounding)>;
     using Mask = std::decay_t<decltype(mask)>;
-    launch_elementwise<T, packet_bytes<Params, T>>(
+    launch_elementwise<T>(
         "fake_quantize_backward", x.rows, x.cols, contiguous, aligned, !per_tensor,
         [](auto packet) { return fake_quantize_backward_kernel<decltype(packet)::value, Params, Rounding, Mask, T>; },
         [&](auto kernel, dim3 grid, index_t rows, int cols) {

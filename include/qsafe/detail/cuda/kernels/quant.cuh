@@ -146,15 +146,14 @@ __device__ __forceinline__ void for_each_packet(const Params& params, index_t ro
   }
 }
 
-// Packets in flight per thread (see for_each_packet): 4 of 16 bytes; 8 of narrower packets.
-template <int N, class T>
-inline constexpr int quant_unroll = N * sizeof(T) < 16 ? 8 : 4;
+// Packets in flight per thread (see for_each_packet).
+inline constexpr int quant_unroll = 4;
 
 template <int N, class Params, class Rounding, class T>
 __global__ void __launch_bounds__(256)
     fake_quantize_kernel(const Params params, const Rounding rounding, index_t rows, int cols, const T* x,
                          index_t x_stride, T* y, index_t y_stride) {
-  for_each_packet<N, quant_unroll<N, T>>(
+  for_each_packet<N, quant_unroll>(
       params, rows, cols,
       [&](index_t r, int j) { return load_packet<N>(x + r * x_stride, j, cols, from_float<T>(0.0f)); },
       [&](const auto& row_params, index_t r, int j, const packet<T, N>& in) {
@@ -180,7 +179,7 @@ __global__ void __launch_bounds__(256)
   struct pair {
     packet<T, N> x, dy;
   };
-  for_each_packet<N, quant_unroll<N, T>>(
+  for_each_packet<N, quant_unroll>(
       params, rows, cols,
       [&](index_t r, int j) {
         return pair{load_packet<N>(x + r * x_stride, j, cols, from_float<T>(0.0f)),
