@@ -136,6 +136,28 @@ void check_lsq_views(std::string_view function, const matrix_view<const T>& x, c
   check_same_shape(function, "dx", dx, "x", x);
 }
 
+// The per-channel backward's checks, for every backend: the views, each channel's parameters, the channel layout,
+// the options and the gradients' size. Returns the parameters as fixed qparams in `P` (the arithmetic's type).
+template <class P, class T>
+std::vector<quant_params> checked_channel_params(std::string_view function, const matrix_view<const T>& x,
+                                                 const matrix_view<const T>& dy, const matrix_view<T>& dx,
+                                                 std::span<const learnable_qparams> params, channel_axis axis,
+                                                 std::span<const lsq_gradients> gradients, const lsq_options& options) {
+  check_lsq_views<T>(function, x, dy, dx);
+  for (std::size_t c = 0; c < params.size(); ++c) {
+    check_learnable<P>(function, "params[" + std::to_string(c) + "]", params[c]);
+  }
+  std::vector<quant_params> fixed;
+  for (const learnable_qparams& p : params) fixed.push_back(to_quant_params<P>(p, options.quant));
+  check_channels(function, std::span<const quant_params>(fixed), axis, x.rows, x.cols);
+  check_lsq_options(function, options);
+  if (gradients.size() != params.size()) {
+    fail(function, "gradients",
+         "has " + std::to_string(gradients.size()) + " entries but 'params' has " + std::to_string(params.size()));
+  }
+  return fixed;
+}
+
 // Rows per block along the column axis: each block sums its rows in order into its own per-column arrays.
 inline constexpr index_t lsq_column_block = 64;
 
@@ -193,20 +215,8 @@ void lsq_fake_quantize_backward(const Policy& policy, matrix_view<const std::typ
                                 std::span<const learnable_qparams> params, channel_axis axis,
                                 matrix_view<const std::type_identity_t<T>> dy, matrix_view<T> dx,
                                 std::span<lsq_gradients> gradients, const lsq_options& options = {}) {
-  constexpr std::string_view function = "lsq_fake_quantize_backward";
-  detail::check_lsq_views<T>(function, x, dy, dx);
-  for (std::size_t c = 0; c < params.size(); ++c) {
-    detail::check_learnable<T>(function, "params[" + std::to_string(c) + "]", params[c]);
-  }
-  std::vector<quant_params> fixed;
-  for (const learnable_qparams& p : params) fixed.push_back(to_quant_params<T>(p, options.quant));
-  detail::check_channels(function, std::span<const quant_params>(fixed), axis, x.rows, x.cols);
-  detail::check_lsq_options(function, options);
-  if (gradients.size() != params.size()) {
-    detail::fail(
-        function, "gradients",
-        "has " + std::to_string(gradients.size()) + " entries but 'params' has " + std::to_string(params.size()));
-  }
+  const std::vector<quant_params> fixed =
+      detail::checked_channel_params<T, T>("lsq_fake_quantize_backward", x, dy, dx, params, axis, gradients, options);
   const std::size_t channels = params.size();
   std::vector<detail::lsq_sums> totals(channels);
   const int threads = detail::thread_count(policy);

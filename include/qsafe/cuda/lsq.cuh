@@ -120,19 +120,8 @@ void lsq_fake_quantize_backward(const cuda_t& policy, matrix_view<const std::typ
                                 matrix_view<const std::type_identity_t<T>> dy, matrix_view<T> dx,
                                 std::span<lsq_gradients> gradients, const lsq_options& options = {}) {
   constexpr std::string_view function = "lsq_fake_quantize_backward";
-  detail::check_lsq_views<T>(function, x, dy, dx);
-  for (std::size_t c = 0; c < params.size(); ++c) {
-    detail::check_learnable<float>(function, "params[" + std::to_string(c) + "]", params[c]);
-  }
-  std::vector<quant_params> fixed;
-  for (const learnable_qparams& p : params) fixed.push_back(to_quant_params<float>(p, options.quant));
-  detail::check_channels(function, std::span<const quant_params>(fixed), axis, x.rows, x.cols);
-  detail::check_lsq_options(function, options);
-  if (gradients.size() != params.size()) {
-    detail::fail(
-        function, "gradients",
-        "has " + std::to_string(gradients.size()) + " entries but 'params' has " + std::to_string(params.size()));
-  }
+  const std::vector<quant_params> fixed =
+      detail::checked_channel_params<float, T>(function, x, dy, dx, params, axis, gradients, options);
   detail::cuda::check_cuda_columns(function, x);
   const std::vector<detail::lsq_sums> s = detail::cuda::lsq_backward<T>(
       function, policy, std::span<const quant_params>(fixed), axis, x, dy, dx, options.quant);
