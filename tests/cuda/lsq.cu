@@ -26,11 +26,6 @@ using Catch::Matchers::Contains;
 
 namespace {
 
-bool same_bits(float a, float b) {
-  if (std::isnan(a) || std::isnan(b)) return std::isnan(a) && std::isnan(b);
-  return std::memcmp(&a, &b, sizeof a) == 0;
-}
-
 // 2 to 10 bits, unsigned or signed codes, a real zero point (a quarter of the time an exact half-integer, where
 // half-to-even rounding decides), sometimes outside the codes (clamped).
 learnable_qparams random_learnable(rng& random) {

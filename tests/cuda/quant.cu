@@ -21,12 +21,6 @@ using Catch::Matchers::Contains;
 
 namespace {
 
-// Same value, NaN equal to NaN (the check is bit-for-bit otherwise: -0 and +0 differ).
-bool same_bits(float a, float b) {
-  if (std::isnan(a) || std::isnan(b)) return std::isnan(a) && std::isnan(b);
-  return std::memcmp(&a, &b, sizeof a) == 0;
-}
-
 template <class T>
 void fill_quant_inputs(rng& random, test_matrix<T>& x, const quant_params& p) {
   const double s = p.scale;

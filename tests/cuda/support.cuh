@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -223,6 +224,12 @@ inline bool mask_is_ambiguous(const reference_params& v, const float* p, index_t
     if (std::fabs(affine) <= slack || std::fabs(affine - 1) <= slack) return true;
   }
   return false;
+}
+
+// The same float, bit for bit (-0 and +0 differ), NaN equal to NaN.
+inline bool same_bits(float a, float b) {
+  if (std::isnan(a) || std::isnan(b)) return std::isnan(a) && std::isnan(b);
+  return std::memcmp(&a, &b, sizeof a) == 0;
 }
 
 // The policy for a test call: half of the time with a reusable workspace (the cached-scratch path), else without
