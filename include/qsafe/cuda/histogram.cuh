@@ -69,12 +69,12 @@ void histogram_ranges(device_hook, const cuda_t& policy, const matrix_view<const
 }
 
 /// Pass 2 of a device batch.
-template <class T, cuda_element D>
-histogram_batch_counts histogram_bins(device_hook, const cuda_t& policy, const matrix_view<const D>& x,
-                                      const channel_layout& layout, std::span<const grid_lanes<T>> grids) {
+template <class T, cuda_element D, class Add>
+void histogram_bins(device_hook, const cuda_t& policy, const matrix_view<const D>& x, const channel_layout& layout,
+                    std::span<const grid_lanes<T>> grids, Add&& add) {
   static_assert(std::is_same_v<T, float>, "device batches feed qsafe::histogram<float> only");
   check_device_batch(x);
-  return cuda::count_bins("histogram::observe", policy, x, layout, grids);
+  cuda::count_bins("histogram::observe", policy, x, layout, grids, add);
 }
 
 }  // namespace detail

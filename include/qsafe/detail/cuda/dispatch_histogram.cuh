@@ -85,11 +85,12 @@ std::vector<finite_range<float>> finite_channel_ranges(std::string_view function
   return out;
 }
 
-// Pass 2: the counts of x on `grids` (one per channel, all with the same bin count), channels × (bins + 1) slots,
+// Pass 2: add(counts) with the counts of x on `grids` (one per channel, all with the same bin count), channels ×
+// (bins + 1) slots viewing the scratch buffer,
 // and the NaN, ±inf and finite off-grid totals of the values that went to the last slots.
-template <class T>
-histogram_batch_counts count_bins(std::string_view function, const cuda_t& policy, const matrix_view<const T>& x,
-                                  const channel_layout& layout, std::span<const grid_lanes<float>> grids) {
+template <class T, class Add>
+void count_bins(std::string_view function, const cuda_t& policy, const matrix_view<const T>& x,
+                const channel_layout& layout, std::span<const grid_lanes<float>> grids, Add&& add) {
   const cudaStream_t stream = policy.stream;
   const int bins = grids[0].bins, slots = bins + 1;
   const std::size_t n_counts = grids.size() * static_cast<std::size_t>(slots);
@@ -148,12 +149,13 @@ histogram_batch_counts count_bins(std::string_view function, const cuda_t& polic
   check(cudaGetLastError(), function, "the histogram kernel launch");
   auto* host = space.host_at<unsigned long long>(0);
   copy_to_host(function, stream, host, counts, n_counts + 3);
+  // Handed over in place: the histogram adds them while the scratch (the pinned or pageable buffer) is alive.
   histogram_batch_counts out;
-  out.counts.assign(host, host + n_counts);  // each < 2^63: the same value as int64
+  out.counts = std::span<const unsigned long long>(host, n_counts);
   out.nan = static_cast<std::int64_t>(host[n_counts]);
   out.inf = static_cast<std::int64_t>(host[n_counts + 1]);
   out.off_grid = static_cast<std::int64_t>(host[n_counts + 2]);
-  return out;
+  add(out);
 }
 
 }  // namespace qsafe::detail::cuda
