@@ -26,38 +26,25 @@ struct quant_tuning {
   static constexpr index_t max_blocks_y = 65535;
 };
 
-// The blocks of `kernel` (block_threads each) resident on the current device at once: one wave.
-template <class Kernel>
-index_t resident_blocks(std::string_view function, Kernel kernel) {
-  int device = 0, sms = 0, per_sm = 0;
-  check(cudaGetDevice(&device), function, "cudaGetDevice");
-  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), function, "cudaDeviceGetAttribute");
-  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, quant_tuning::block_threads, 0), function,
-        "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
-  return std::max(1, sms * per_sm);
-}
-
-// Launches kernel_for(packet) for the matrix (rows x cols with the strides given) as launch(kernel, grid, rows, cols),
-// flattening a contiguous one into a single row when its size fits an int. Per-channel launches (`one_wave`) keep
-// rows as rows and bound the blocks along them so that the whole grid is one wave of the kernel at its occupancy
-// (asked of the runtime: a bf16 column-channel kernel holds 8 columns' parameters, ~40 registers, and fits 3 blocks
-// an SM, not 8): each thread then takes its column parameters once for many rows, and no wave runs part-empty.
-template <class T, class KernelFor, class Launch>
+// Calls launch(packet, grid, rows, cols) for the matrix (rows x cols with the strides given), flattening a
+// contiguous one into a single row when its size fits an int. Per-channel launches (`one_wave`) keep rows as rows and
+// bound the blocks along them so that the whole grid is one wave: each thread then takes its column parameters once
+// for many rows (256 row-blocks left a bf16 launch of 4096 columns at half occupancy).
+template <class T, class Launch>
 void launch_elementwise(std::string_view function, index_t rows, index_t cols, bool contiguous, bool aligned,
-                        bool one_wave, KernelFor&& kernel_for, Launch&& launch) {
+                        bool one_wave, Launch&& launch) {
   if (contiguous && rows * cols <= INT_MAX / 2) {
     cols *= rows;
     rows = 1;
   }
   const auto go = [&](auto packet) {
     constexpr int N = decltype(packet)::value;
-    const auto kernel = kernel_for(packet);
     const index_t steps = (cols + N * quant_tuning::block_threads - 1) / (N * quant_tuning::block_threads);
     const index_t blocks_x = std::min(steps, quant_tuning::max_blocks_x);
     const index_t blocks_y =
-        one_wave ? std::max<index_t>(1, resident_blocks(function, kernel) / blocks_x) : quant_tuning::max_blocks_y;
+        one_wave ? std::max<index_t>(1, quant_tuning::max_blocks_x / blocks_x) : quant_tuning::max_blocks_y;
     const dim3 grid(static_cast<unsigned>(blocks_x), static_cast<unsigned>(std::min(rows, blocks_y)));
-    launch(kernel, grid, rows, static_cast<int>(cols));
+    launch(packet, grid, rows, static_cast<int>(cols));
   };
   if (aligned) {
     go(std::integral_constant<int, 16 / static_cast<int>(sizeof(T))>{});
@@ -77,14 +64,12 @@ void fake_quantize(cudaStream_t stream, const Params& p, matrix_view<const T> x,
   const bool contiguous = per_tensor && (x.rows <= 1 || (x.row_stride == x.cols && y.row_stride == y.cols));
   const bool aligned = aligned_16(x.data, x.row_stride, x.rows) && aligned_16(y.data, y.row_stride, y.rows);
   with_rounding(options, options.index_offset, [&](const auto& rounding) {
-    using Rounding = std::decay_t<decltype(rounding)>;
-    launch_elementwise<T>(
-        "fake_quantize", x.rows, x.cols, contiguous, aligned, !per_tensor,
-        [](auto packet) { return fake_quantize_kernel<decltype(packet)::value, Params, Rounding, T>; },
-        [&](auto kernel, dim3 grid, index_t rows, int cols) {
-          kernel<<<grid, quant_tuning::block_threads, 0, stream>>>(p, rounding, rows, cols, x.data, x.row_stride,
-                                                                   y.data, y.row_stride);
-        });
+    launch_elementwise<T>("fake_quantize", x.rows, x.cols, contiguous, aligned, !per_tensor,
+                          [&](auto packet, dim3 grid, index_t rows, int cols) {
+                            fake_quantize_kernel<decltype(packet)::value>
+                                <<<grid, quant_tuning::block_threads, 0, stream>>>(p, rounding, rows, cols, x.data,
+                                                                                   x.row_stride, y.data, y.row_stride);
+                          });
   });
 }
 
@@ -97,14 +82,11 @@ void fake_quantize_backward(cudaStream_t stream, const Params& p, matrix_view<co
   const bool aligned = aligned_16(x.data, x.row_stride, x.rows) && aligned_16(dy.data, dy.row_stride, dy.rows) &&
                        aligned_16(dx.data, dx.row_stride, dx.rows);
   with_rounding_and_mask(options, options.index_offset, [&](const auto& rounding, const auto& mask) {
-    using Rounding = std::decay_t<decltype(rounding)>;
-    using Mask = std::decay_t<decltype(mask)>;
     launch_elementwise<T>(
         "fake_quantize_backward", x.rows, x.cols, contiguous, aligned, !per_tensor,
-        [](auto packet) { return fake_quantize_backward_kernel<decltype(packet)::value, Params, Rounding, Mask, T>; },
-        [&](auto kernel, dim3 grid, index_t rows, int cols) {
-          kernel<<<grid, quant_tuning::block_threads, 0, stream>>>(p, rounding, mask, rows, cols, x.data, x.row_stride,
-                                                                   dy.data, dy.row_stride, dx.data, dx.row_stride);
+        [&](auto packet, dim3 grid, index_t rows, int cols) {
+          fake_quantize_backward_kernel<decltype(packet)::value><<<grid, quant_tuning::block_threads, 0, stream>>>(
+              p, rounding, mask, rows, cols, x.data, x.row_stride, dy.data, dy.row_stride, dx.data, dx.row_stride);
         });
   });
 }
