@@ -136,21 +136,30 @@ void check_lsq_views(std::string_view function, const matrix_view<const T>& x, c
   check_same_shape(function, "dx", dx, "x", x);
 }
 
-// The per-channel backward's checks, for every backend: the views, each channel's parameters, the channel layout,
-// the options and the gradients' size. Returns the parameters as fixed qparams in `P` (the arithmetic's type).
+// Each channel's parameters checked and fixed as qparams in `P` (the arithmetic's type), with the options checked:
+// the per-channel forward's checks, for every backend.
+template <class P>
+std::vector<quant_params> checked_fixed_params(std::string_view function, std::span<const learnable_qparams> params,
+                                               const lsq_options& options) {
+  for (std::size_t c = 0; c < params.size(); ++c) {
+    check_learnable<P>(function, "params[" + std::to_string(c) + "]", params[c]);
+  }
+  check_lsq_options(function, options);
+  std::vector<quant_params> fixed;
+  for (const learnable_qparams& p : params) fixed.push_back(to_quant_params<P>(p, options.quant));
+  return fixed;
+}
+
+// The per-channel backward's checks, for every backend: the views, the parameters and options as for the forward,
+// the channel layout and the gradients' size. Returns the parameters as fixed qparams in `P`.
 template <class P, class T>
 std::vector<quant_params> checked_channel_params(std::string_view function, const matrix_view<const T>& x,
                                                  const matrix_view<const T>& dy, const matrix_view<T>& dx,
                                                  std::span<const learnable_qparams> params, channel_axis axis,
                                                  std::span<const lsq_gradients> gradients, const lsq_options& options) {
   check_lsq_views<T>(function, x, dy, dx);
-  for (std::size_t c = 0; c < params.size(); ++c) {
-    check_learnable<P>(function, "params[" + std::to_string(c) + "]", params[c]);
-  }
-  std::vector<quant_params> fixed;
-  for (const learnable_qparams& p : params) fixed.push_back(to_quant_params<P>(p, options.quant));
+  std::vector<quant_params> fixed = checked_fixed_params<P>(function, params, options);
   check_channels(function, std::span<const quant_params>(fixed), axis, x.rows, x.cols);
-  check_lsq_options(function, options);
   if (gradients.size() != params.size()) {
     fail(function, "gradients",
          "has " + std::to_string(gradients.size()) + " entries but 'params' has " + std::to_string(params.size()));
@@ -177,12 +186,7 @@ template <host_policy Policy, host_element T>
 void lsq_fake_quantize(const Policy& policy, matrix_view<const std::type_identity_t<T>> x,
                        std::span<const learnable_qparams> params, channel_axis axis, matrix_view<T> y,
                        const lsq_options& options = {}) {
-  for (std::size_t c = 0; c < params.size(); ++c) {
-    detail::check_learnable<T>("lsq_fake_quantize", "params[" + std::to_string(c) + "]", params[c]);
-  }
-  detail::check_lsq_options("lsq_fake_quantize", options);
-  std::vector<quant_params> fixed;
-  for (const learnable_qparams& p : params) fixed.push_back(to_quant_params<T>(p, options.quant));
+  const std::vector<quant_params> fixed = detail::checked_fixed_params<T>("lsq_fake_quantize", params, options);
   fake_quantize(policy, x, std::span<const quant_params>(fixed), axis, y, options.quant);
 }
 

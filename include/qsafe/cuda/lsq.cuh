@@ -87,12 +87,7 @@ template <cuda_element T>
 void lsq_fake_quantize(const cuda_t& policy, matrix_view<const std::type_identity_t<T>> x,
                        std::span<const learnable_qparams> params, channel_axis axis, matrix_view<T> y,
                        const lsq_options& options = {}) {
-  for (std::size_t c = 0; c < params.size(); ++c) {
-    detail::check_learnable<float>("lsq_fake_quantize", "params[" + std::to_string(c) + "]", params[c]);
-  }
-  detail::check_lsq_options("lsq_fake_quantize", options);
-  std::vector<quant_params> fixed;
-  for (const learnable_qparams& p : params) fixed.push_back(to_quant_params<float>(p, options.quant));
+  const std::vector<quant_params> fixed = detail::checked_fixed_params<float>("lsq_fake_quantize", params, options);
   fake_quantize(policy, x, std::span<const quant_params>(fixed), axis, y, options.quant);
 }
 
