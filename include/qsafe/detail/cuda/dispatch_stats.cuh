@@ -30,10 +30,16 @@ struct reduction_tuning {
   // launched 1056 blocks of kernels that used 101 (moments) and 48 (MSE) registers: 2-5 waves with a tail;
   // moments 0.436 ms at 2^28 floats (82% of copy), bf16 50%.
   static constexpr index_t max_blocks = 132 * reduce_blocks_per_sm;
-  static constexpr index_t moments_max_blocks = 132 * moments_blocks_per_sm;
   // Elements per thread per tile in the moments and MSE kernels: 32 (8 float packets, 4 half ones) keeps 128
   // bytes a thread in flight and amortizes the per-tile merge over 32 values.
   static constexpr int tile_elements = 32;
+  // The moments kernel's tile and blocks an SM (one wave of them). Its per-tile double work (central sums, the
+  // pairwise merge) bounds it: 16-bit types take tiles of 64 values at 2 blocks an SM (128 registers): bf16 0.222 ->
+  // 0.192 ms at 2^28 values on the H200; floats keep 32 at 3 (64 measured the same).
+  template <class T>
+  static constexpr int moments_tile = sizeof(T) == 2 ? 64 : 32;
+  template <class T>
+  static constexpr int moments_blocks_per_sm = sizeof(T) == 2 ? 2 : 3;
   // Histogram copies per block in the first selection pass (the top 11 bits of every key: few hot bins).
   static constexpr int first_pass_copies = 4;
   // Candidates per MSE launch (the shared accumulators: 8 warps x 256 doubles = 16 KiB).
@@ -124,13 +130,14 @@ template <class T>
 partial_moments tensor_moments(std::string_view function, const cuda_t& policy, const matrix_view<const T>& x) {
   const cudaStream_t stream = policy.stream;
   const walk_shape s = flat_shape(x);
-  const dim3 grid = reduction_grid(s, reduction_tuning::tile_elements, reduction_tuning::moments_max_blocks);
+  constexpr int tile = reduction_tuning::moments_tile<T>, per_sm = reduction_tuning::moments_blocks_per_sm<T>;
+  const dim3 grid = reduction_grid(s, tile, 132 * per_sm);
   const unsigned blocks = grid.x * grid.y;
   const scratch space(function, policy, (blocks + 1) * sizeof(partial_moments), sizeof(partial_moments));
   auto* partials = space.device_at<partial_moments>(0);
   with_packet(x, [&](auto packet) {
     constexpr int N = decltype(packet)::value;
-    moments_kernel<N, reduction_tuning::tile_elements / N>
+    moments_kernel<N, tile / N, T, per_sm>
         <<<grid, reduce_block_threads, 0, stream>>>(s.rows, s.cols, x.data, s.stride, partials);
   });
   check(cudaGetLastError(), function, "the moments kernel launch");

@@ -1,7 +1,7 @@
 #pragma once
 // Statistics kernels (REFERENCE §3): one read of the tensor.
 //  - moments_kernel: each thread takes tiles of K packets (N elements each, 16-byte loads); a tile's power sums
-//    about its midrange are taken in fp32 (32 terms) and turned into central moments in double, merged into the
+//    about its midrange are taken in fp32 (32 or 64 terms) and turned into central moments in double, merged into the
 //    thread's running moments with the pairwise formulas of qsafe::moments::merge; a fixed-order block reduction writes
 //    one partial per block, and combine_moments_kernel merges the partials in a fixed order. Deterministic for a given
 //    shape.
@@ -14,6 +14,8 @@
 
 #include <cfloat>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 #include "qsafe/detail/cuda/block_reduce.cuh"
 #include "qsafe/detail/cuda/element.cuh"
@@ -85,16 +87,21 @@ __device__ __forceinline__ void for_each_tile(index_t rows, int cols, F&& f) {
   }
 }
 
-// The K packets of this thread's tile as floats; elements at or past `cols` read as `fill`.
+// The K packets of this thread's tile; elements at or past `cols` read as `fill`.
 template <int N, int K, class T>
-__device__ __forceinline__ void load_tile(const T* row, int base, int cols, float fill, float (&v)[K][N]) {
-  const T filler = from_float<T>(fill);
-  packet<T, N> raw[K];
+__device__ __forceinline__ void load_raw_tile(const T* row, int base, int cols, T fill, packet<T, N> (&raw)[K]) {
 #pragma unroll
   for (int k = 0; k < K; ++k) {
     const int j = base + (k * static_cast<int>(blockDim.x) + static_cast<int>(threadIdx.x)) * N;
-    raw[k] = load_packet<N>(row, j, j < cols ? cols : 0, filler);
+    raw[k] = load_packet<N>(row, j, j < cols ? cols : 0, fill);
   }
+}
+
+// The K packets of this thread's tile as floats; elements at or past `cols` read as `fill`.
+template <int N, int K, class T>
+__device__ __forceinline__ void load_tile(const T* row, int base, int cols, float fill, float (&v)[K][N]) {
+  packet<T, N> raw[K];
+  load_raw_tile<N, K>(row, base, cols, from_float<T>(fill), raw);
 #pragma unroll
   for (int k = 0; k < K; ++k) to_float(raw[k], v[k]);
 }
@@ -104,52 +111,94 @@ __device__ __forceinline__ bool valid(int base, int cols, int k, int i) {
   return base + (k * static_cast<int>(blockDim.x) + static_cast<int>(threadIdx.x)) * N + i < cols;
 }
 
+// min and max of a whole tile of 16-bit values, on the packed pairs (__hmin2 / __hmax2: one instruction per two
+// values, NaN ignored as fminf does; exact, the packed types' order is the values' order).
+template <int N, int K, class T>
+__device__ __forceinline__ void packed_range(const packet<T, N> (&t)[K], float& lo, float& hi) {
+  using pair = std::conditional_t<std::is_same_v<T, __half>, __half2, __nv_bfloat162>;
+  pair lo2, hi2;
+  memcpy(&lo2, &t[0].v[0], sizeof(pair));
+  hi2 = lo2;
+#pragma unroll
+  for (int k = 0; k < K; ++k)
+#pragma unroll
+    for (int i = 0; i < N; i += 2) {
+      pair p;
+      memcpy(&p, &t[k].v[i], sizeof(pair));
+      lo2 = __hmin2(lo2, p);
+      hi2 = __hmax2(hi2, p);
+    }
+  lo = fminf(to_float(lo2.x), to_float(lo2.y));
+  hi = fmaxf(to_float(hi2.x), to_float(hi2.y));
+}
+
 // One tile's moments: the power sums of its deviations from its midrange, scaled by a power of two 2^-e so that
 // their 4th powers neither overflow nor underflow (as the host kernels do), summed in fp32 over the tile (at most
-// 32 terms: relative error <= 32·2^-24 per sum), then unscaled exactly in double and turned into central sums as
+// 64 terms: relative error <= 64·2^-24 per sum), then unscaled exactly in double and turned into central sums as
 // qsafe::moments::from_power_sums does. The midrange shift keeps clustered data (1e6 + N(0, 1)) exact: the
-// differences are then exact in fp32.
-template <int N, int K, bool Full>
-__device__ __forceinline__ partial_moments tile_moments(const float (&v)[K][N], int base, int cols) {
-  float lo = INFINITY, hi = -INFINITY;
-  unsigned count = 0;
-#pragma unroll
-  for (int k = 0; k < K; ++k)
-#pragma unroll
-    for (int i = 0; i < N; ++i) {
-      if (Full || valid<N, K>(base, cols, k, i)) {
-        lo = fminf(lo, v[k][i]);
-        hi = fmaxf(hi, v[k][i]);
-        ++count;
-      }
-    }
+// differences are then exact in fp32. A spread in [2^-30, 2^30) needs no scaling (e = 0: the same sums as the
+// scaled ones up to an exact power of two), which saves a multiply per value.
+template <int N, int K, bool Full, class T>
+__device__ __forceinline__ partial_moments tile_moments(const packet<T, N> (&t)[K], int base, int cols) {
+  // Values are widened where used (a 16-bit packet holds half the registers of its floats).
+  const auto v = [&](int k, int i) { return to_float(t[k].v[i]); };
   partial_moments m = empty_moments();
-  m.lo = lo;
-  m.hi = hi;
-  if (count == 0) return m;
-  const float shift = 0.5f * lo + 0.5f * hi;
-  // e: the exponent of the spread, kept where 2^-e and 2^(4e) are normal (and 0 for a zero or non-finite spread).
-  const float spread = fmaxf(hi - shift, shift - lo);
-  const int e = spread > 0.0f && spread <= FLT_MAX ? max(-118, min(126, ilogbf(spread))) : 0;
-  const float scale = __int_as_float((127 - e) << 23);
-  float s1 = 0.0f, s2 = 0.0f, s3 = 0.0f, s4 = 0.0f;
+  unsigned count = 0;
+  if constexpr (Full && sizeof(T) == 2 && N % 2 == 0) {
+    packed_range<N, K>(t, m.lo, m.hi);
+    count = N * K;
+  } else {
+    // Two interleaved chains (even and odd packets): half the dependent latency.
+    float lo[2] = {INFINITY, INFINITY}, hi[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-  for (int k = 0; k < K; ++k)
+    for (int k = 0; k < K; ++k)
 #pragma unroll
-    for (int i = 0; i < N; ++i) {
-      if (Full || valid<N, K>(base, cols, k, i)) {
-        const float d = (v[k][i] - shift) * scale, d2 = d * d;
-        s1 += d;
-        s2 += d2;
-        s3 = fmaf(d2, d, s3);
-        s4 = fmaf(d2, d2, s4);
+      for (int i = 0; i < N; ++i) {
+        if (Full || valid<N, K>(base, cols, k, i)) {
+          lo[k % 2] = fminf(lo[k % 2], v(k, i));
+          hi[k % 2] = fmaxf(hi[k % 2], v(k, i));
+          ++count;
+        }
       }
-    }
+    m.lo = fminf(lo[0], lo[1]);
+    m.hi = fmaxf(hi[0], hi[1]);
+  }
+  if (count == 0) return m;
+  const float shift = 0.5f * m.lo + 0.5f * m.hi;
+  // e: the exponent of the spread, kept where 2^-e and 2^(4e) are normal (and 0 for a zero or non-finite spread);
+  // read off the bits (a subnormal spread reads -127, clamped to -118 as its true exponent would be).
+  const float spread = fmaxf(m.hi - shift, shift - m.lo);
+  int e = spread > 0.0f && spread <= FLT_MAX
+              ? max(-118, min(126, static_cast<int>((__float_as_uint(spread) >> 23) & 0xffu) - 127))
+              : 0;
+  if (e >= -30 && e <= 29) e = 0;  // 64 values' d^4 < 2^126 unscaled; the largest term's d^4 stays normal
+  const float scale = __int_as_float((127 - e) << 23);
+  float s1[2] = {}, s2[2] = {}, s3[2] = {}, s4[2] = {};
+  const auto accumulate = [&](auto scaled) {
+#pragma unroll
+    for (int k = 0; k < K; ++k)
+#pragma unroll
+      for (int i = 0; i < N; ++i) {
+        if (Full || valid<N, K>(base, cols, k, i)) {
+          const float d = decltype(scaled)::value ? (v(k, i) - shift) * scale : v(k, i) - shift, d2 = d * d;
+          s1[k % 2] += d;
+          s2[k % 2] = fmaf(d, d, s2[k % 2]);
+          s3[k % 2] = fmaf(d2, d, s3[k % 2]);
+          s4[k % 2] = fmaf(d2, d2, s4[k % 2]);
+        }
+      }
+  };
+  if (e == 0) {
+    accumulate(std::false_type{});
+  } else {
+    accumulate(std::true_type{});
+  }
   // A NaN or ±inf makes the scaled sums NaN or inf (finite deviations are at most 2 after scaling).
-  m.non_finite = fabsf(s1) + s2 <= 1e30f ? 0ull : 1ull;
+  const float u1 = s1[0] + s1[1], u2 = s2[0] + s2[1], u3 = s3[0] + s3[1], u4 = s4[0] + s4[1];
+  m.non_finite = fabsf(u1) + u2 <= 1e30f ? 0ull : 1ull;
   const double p = __longlong_as_double(static_cast<long long>(1023 + e) << 52), p2 = p * p;
-  const double t1 = static_cast<double>(s1) * p, t2 = static_cast<double>(s2) * p2;
-  const double t3 = static_cast<double>(s3) * p2 * p, t4 = static_cast<double>(s4) * p2 * p2;
+  const double t1 = static_cast<double>(u1) * p, t2 = static_cast<double>(u2) * p2;
+  const double t3 = static_cast<double>(u3) * p2 * p, t4 = static_cast<double>(u4) * p2 * p2;
   const double n = static_cast<double>(count), a = Full ? t1 * (1.0 / (N * K)) : t1 / n;
   m.n = n;
   m.mean = static_cast<double>(shift) + a;
@@ -159,27 +208,34 @@ __device__ __forceinline__ partial_moments tile_moments(const float (&v)[K][N], 
   return m;
 }
 
-// One partial per block: partials[blockIdx.y · gridDim.x + blockIdx.x].
-// 3 blocks an SM (85 registers): at 4 (64 registers) the tile of 32 floats and the double merge spilled.
-inline constexpr int moments_blocks_per_sm = 3;
-
-template <int N, int K, class T>
-__global__ void __launch_bounds__(reduce_block_threads, moments_blocks_per_sm)
-    moments_kernel(index_t rows, int cols, const T* x, index_t stride, partial_moments* partials) {
+// The block's moments, reduced in a fixed order, to partials[blockIdx.y · gridDim.x + blockIdx.x].
+__device__ __forceinline__ void finish_moments(partial_moments acc, partial_moments* partials) {
   __shared__ partial_moments slots[reduce_block_threads / 32];
-  partial_moments acc = empty_moments();
-  const int span = static_cast<int>(blockDim.x) * N * K;
-  for_each_tile<N * K>(rows, cols, [&](index_t r, int base) {
-    float v[K][N];
-    load_tile<N, K>(x + r * stride, base, cols, 0.0f, v);
-    if (base + span <= cols) {
-      merge_moments(acc, tile_moments<N, K, true>(v, base, cols));
-    } else {
-      merge_moments(acc, tile_moments<N, K, false>(v, base, cols));
-    }
-  });
   acc = block_reduce(acc, empty_moments(), merge_moments_op{}, slots);
   if (threadIdx.x == 0) partials[blockIdx.y * gridDim.x + blockIdx.x] = acc;
+}
+
+// One partial per block: partials[blockIdx.y · gridDim.x + blockIdx.x]. Built for MinBlocks resident blocks an SM
+// (reduction_tuning::moments_blocks_per_sm): at 4 (64 registers) a tile of 32 values and the double merge spilled.
+template <int N, int K, class T, int MinBlocks>
+__global__ void __launch_bounds__(reduce_block_threads, MinBlocks)
+    moments_kernel(index_t rows, int cols, const T* x, index_t stride, partial_moments* partials) {
+  partial_moments acc = empty_moments();
+  const int span = static_cast<int>(blockDim.x) * N * K;
+  const auto fold = [&](const packet<T, N>(&t)[K], int base) {
+    if (base + span <= cols) {
+      merge_moments(acc, tile_moments<N, K, true>(t, base, cols));
+    } else {
+      merge_moments(acc, tile_moments<N, K, false>(t, base, cols));
+    }
+  };
+  const T zero = from_float<T>(0.0f);
+  for_each_tile<N * K>(rows, cols, [&](index_t r, int base) {
+    packet<T, N> t[K];
+    load_raw_tile<N, K>(x + r * stride, base, cols, zero, t);
+    fold(t, base);
+  });
+  finish_moments(acc, partials);
 }
 
 // One block: thread t merges partials t, t + blockDim.x, ... in order, then the fixed block reduction.
