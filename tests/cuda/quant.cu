@@ -101,6 +101,7 @@ TEMPLATE_TEST_CASE("CUDA per-channel fake_quantize and its backward equal the CP
                    "[cuda][quant][channels]", QSAFE_CUDA_ELEMENTS) {
   using T = TestType;
   QSAFE_TEST_RNG(random);
+  cuda_workspace workspace;
   index_t checked = 0;
   for (const index_t cols : {1L, 5L, 8L, 100L, 1001L, random.integer(2, 3000)}) {
     for (const channel_axis axis : {channel_axis::row, channel_axis::column}) {
@@ -131,8 +132,9 @@ TEMPLATE_TEST_CASE("CUDA per-channel fake_quantize and its backward equal the CP
       }
       x.upload();
       fill_normal(random, dy);
-      fake_quantize(cuda_t{}, x.cview(), std::span<const quant_params>(params), axis, y.view());
-      fake_quantize_backward(cuda_t{}, x.cview(), std::span<const quant_params>(params), axis, dy.cview(), dx.view());
+      fake_quantize(some_policy(random, workspace), x.cview(), std::span<const quant_params>(params), axis, y.view());
+      fake_quantize_backward(some_policy(random, workspace), x.cview(), std::span<const quant_params>(params), axis,
+                             dy.cview(), dx.view());
       check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
       REQUIRE(y.download());
       REQUIRE(dx.download());
@@ -165,6 +167,49 @@ TEMPLATE_TEST_CASE("CUDA per-channel fake_quantize and its backward equal the CP
   check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
   CHECK(y.download());
   for (const float v : y.host) CHECK(v == test_matrix<T>::poison());
+}
+
+TEST_CASE("CUDA per-channel fake_quantize calls queued through one workspace each use their own parameters",
+          "[cuda][quant][channels][workspace]") {
+  QSAFE_TEST_RNG(random);
+  // The stream is kept busy first, so the uploads queue behind it: the second call must not overwrite the staged
+  // parameters of the first before its copy has run.
+  const index_t big = index_t{1} << 24, rows = 64, cols = 257;
+  test_matrix<float> busy_x(gpu_shape{1, big, big, 0}), busy_y(gpu_shape{1, big, big, 0});
+  const quant_params busy_p = make_qparams<float>({-1.0, 1.0}, 8, quant_mode::asymmetric);
+  test_matrix<float> x(gpu_shape{rows, cols, cols, 0}), y1(gpu_shape{rows, cols, cols, 0}),
+      y2(gpu_shape{rows, cols, cols, 0});
+  fill_normal(random, x);
+  std::vector<quant_params> p1, p2;
+  for (index_t c = 0; c < cols; ++c) {
+    p1.push_back(make_qparams<float>({-1.0 - 0.01 * static_cast<double>(c), 1.0}, 8, quant_mode::asymmetric));
+    p2.push_back(make_qparams<float>({-0.5, 0.5 + 0.02 * static_cast<double>(c)}, 4, quant_mode::asymmetric));
+  }
+  cuda_workspace workspace;
+  const cuda_t gpu{nullptr, &workspace};
+  for (int round = 0; round < 3; ++round) {
+    for (int k = 0; k < 4; ++k) fake_quantize(gpu, busy_x.cview(), busy_p, busy_y.view());
+    fake_quantize(gpu, x.cview(), std::span<const quant_params>(p1), channel_axis::column, y1.view());
+    fake_quantize(gpu, x.cview(), std::span<const quant_params>(p2), channel_axis::column, y2.view());
+    check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+    REQUIRE(y1.download());
+    REQUIRE(y2.download());
+    std::vector<float> w1(x.host.size()), w2(x.host.size());
+    fake_quantize(cpu, x.host_view(), std::span<const quant_params>(p1), channel_axis::column,
+                  matrix_view<float>(w1.data(), rows, cols));
+    fake_quantize(cpu, x.host_view(), std::span<const quant_params>(p2), channel_axis::column,
+                  matrix_view<float>(w2.data(), rows, cols));
+    std::size_t wrong1 = 0, wrong2 = 0;
+    for (index_t r = 0; r < rows; ++r) {
+      for (index_t c = 0; c < cols; ++c) {
+        const auto i = static_cast<std::size_t>(r * cols + c);
+        wrong1 += same_bits(y1(r, c), w1[i]) ? 0 : 1;
+        wrong2 += same_bits(y2(r, c), w2[i]) ? 0 : 1;
+      }
+    }
+    CHECK(wrong1 == 0);
+    CHECK(wrong2 == 0);
+  }
 }
 
 TEMPLATE_TEST_CASE(

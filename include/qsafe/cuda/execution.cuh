@@ -22,9 +22,10 @@ namespace qsafe {
 class cuda_workspace;
 
 /// CUDA backend: kernels are launched on `stream` (0: the legacy default stream); the elementwise and softmax ops
-/// never synchronize. The reductions that return a result to the host (statistics, ranges, percentiles, MSE) take
-/// their scratch memory from `workspace` when one is given (reused from call to call: a call's fixed cost drops from
-/// ~85 us to ~20 us on the H100), else allocate it per call (cudaMallocAsync on `stream`).
+/// never synchronize (per-channel fake-quantization: when given a workspace, see qsafe/cuda/quant.cuh). The reductions
+/// that return a result to the host (statistics, ranges, percentiles, MSE) take their scratch memory from `workspace`
+/// when one is given (reused from call to call: a call's fixed cost drops from ~85 us to ~20 us on the H100), else
+/// allocate it per call (cudaMallocAsync on `stream`).
 struct cuda_t {
   cudaStream_t stream = nullptr;
   cuda_workspace* workspace = nullptr;
@@ -65,6 +66,7 @@ class cuda_workspace {
   cuda_workspace(const cuda_workspace&) = delete;
   cuda_workspace& operator=(const cuda_workspace&) = delete;
   ~cuda_workspace() {
+    if (fence_ != nullptr) cudaEventDestroy(fence_);
     cudaFree(device_);
     cudaFreeHost(host_);
   }
@@ -80,8 +82,10 @@ class cuda_workspace {
     }
     return device_;
   }
-  /// At least `bytes` of pinned host memory.
+  /// At least `bytes` of pinned host memory, once the copy of the last upload from it (see `uploaded`) has read
+  /// its bytes: callers may write it right away.
   void* host(std::size_t bytes) {
+    wait_for_upload();
     if (bytes > host_bytes_) {
       detail::cuda::check(cudaFreeHost(host_), "cuda_workspace", "cudaFreeHost");
       host_ = nullptr;
@@ -92,10 +96,29 @@ class cuda_workspace {
     return host_;
   }
 
+  /// Marks an upload from `host()` memory (a cudaMemcpyAsync from pinned memory, which does not wait for the
+  /// stream) queued on `stream`: the next `host()` call waits until that copy has run.
+  void uploaded(cudaStream_t stream) {
+    if (fence_ == nullptr) {
+      detail::cuda::check(cudaEventCreateWithFlags(&fence_, cudaEventDisableTiming), "cuda_workspace",
+                          "cudaEventCreateWithFlags");
+    }
+    detail::cuda::check(cudaEventRecord(fence_, stream), "cuda_workspace", "cudaEventRecord");
+    upload_pending_ = true;
+  }
+
  private:
+  void wait_for_upload() {
+    if (!upload_pending_) return;
+    detail::cuda::check(cudaEventSynchronize(fence_), "cuda_workspace", "cudaEventSynchronize");
+    upload_pending_ = false;
+  }
+
   void* device_ = nullptr;
   void* host_ = nullptr;
   std::size_t device_bytes_ = 0, host_bytes_ = 0;
+  cudaEvent_t fence_ = nullptr;
+  bool upload_pending_ = false;
 };
 
 }  // namespace qsafe

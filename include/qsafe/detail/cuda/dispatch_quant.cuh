@@ -91,34 +91,48 @@ void fake_quantize_backward(cudaStream_t stream, const Params& p, matrix_view<co
   });
 }
 
-// Per-channel parameters on the device for one launch: converted to fp32 lanes, copied from pageable host memory
-// (so the copy first waits for the work queued on the stream), freed stream-ordered after the kernel.
+// Per-channel parameters on the device for one launch, converted to fp32 lanes. With a workspace: staged in its
+// pinned memory and copied into its device memory, asynchronously (the workspace is used on one stream, so the next
+// call's copy is ordered after this launch). Without one: copied from pageable memory into memory allocated on the
+// stream (the copy first waits for the work queued on the stream; the allocation is freed stream-ordered).
 class device_channel_params {
  public:
-  device_channel_params(std::string_view function, cudaStream_t stream, std::span<const quant_params> params)
-      : stream_(stream) {
-    std::vector<lane_params<float>> lanes;
-    for (const quant_params& q : params) lanes.push_back(to_lanes<float>(q));
-    const std::size_t bytes = lanes.size() * sizeof(lane_params<float>);
-    check(cudaMallocAsync(&data_, bytes, stream), function, "cudaMallocAsync(params)");
-    check(cudaMemcpyAsync(data_, lanes.data(), bytes, cudaMemcpyHostToDevice, stream), function,
-          "cudaMemcpyAsync(params)");
+  device_channel_params(std::string_view function, const cuda_t& policy, std::span<const quant_params> params)
+      : stream_(policy.stream) {
+    const std::size_t bytes = params.size() * sizeof(lane_params<float>);
+    lane_params<float>* lanes = nullptr;
+    std::vector<lane_params<float>> pageable;
+    if (policy.workspace != nullptr) {
+      lanes = static_cast<lane_params<float>*>(policy.workspace->host(bytes));
+      data_ = static_cast<lane_params<float>*>(policy.workspace->device(bytes));
+    } else {
+      pageable.resize(params.size());
+      lanes = pageable.data();
+      check(cudaMallocAsync(&data_, bytes, stream_), function, "cudaMallocAsync(params)");
+      owned_ = true;
+    }
+    for (std::size_t c = 0; c < params.size(); ++c) lanes[c] = to_lanes<float>(params[c]);
+    check(cudaMemcpyAsync(data_, lanes, bytes, cudaMemcpyHostToDevice, stream_), function, "cudaMemcpyAsync(params)");
+    if (policy.workspace != nullptr) policy.workspace->uploaded(stream_);
   }
   device_channel_params(const device_channel_params&) = delete;
   device_channel_params& operator=(const device_channel_params&) = delete;
-  ~device_channel_params() { cudaFreeAsync(data_, stream_); }
+  ~device_channel_params() {
+    if (owned_) cudaFreeAsync(data_, stream_);
+  }
   const lane_params<float>* data() const { return data_; }
 
  private:
   cudaStream_t stream_;
   lane_params<float>* data_ = nullptr;
+  bool owned_ = false;
 };
 
 // Calls f(params) with the kernels' form of per-channel parameters along `axis`.
 template <class F>
-void with_channel_params(std::string_view function, cudaStream_t stream, std::span<const quant_params> params,
+void with_channel_params(std::string_view function, const cuda_t& policy, std::span<const quant_params> params,
                          channel_axis axis, F&& f) {
-  const device_channel_params on_device(function, stream, params);
+  const device_channel_params on_device(function, policy, params);
   if (axis == channel_axis::column) {
     f(column_channel_params{on_device.data(), static_cast<int>(params.size())});
   } else {
