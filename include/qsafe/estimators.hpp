@@ -192,15 +192,17 @@ void for_each_channel_values(const channel_layout& layout, const matrix_view<con
   }
 }
 
-// lo <- m·lo + (1 − m)·batch; the first batch initializes.
+// lo <- m·lo + (1 − m)·batch; the first batch initializes. The fma is written out so that the result does not depend
+// on the caller's -ffp-contract (GCC fuses it by default in gnu++ modes, not with -ffp-contract=off or in ISO
+// modes); it also keeps an unchanged range exact (m·a + (1 − m)·a = a for m >= 0.5).
 inline void running_update(std::vector<value_range>& state, const std::vector<value_range>& batch, double momentum) {
   if (state.empty()) {
     state = batch;
     return;
   }
   for (std::size_t c = 0; c < state.size(); ++c) {
-    state[c].lo = momentum * state[c].lo + (1.0 - momentum) * batch[c].lo;
-    state[c].hi = momentum * state[c].hi + (1.0 - momentum) * batch[c].hi;
+    state[c].lo = std::fma(momentum, state[c].lo, (1.0 - momentum) * batch[c].lo);
+    state[c].hi = std::fma(momentum, state[c].hi, (1.0 - momentum) * batch[c].hi);
   }
 }
 
