@@ -32,10 +32,12 @@ void fill_kind(rng& random, test_matrix<T>& x, data_kind kind) {
   x.upload();
 }
 
-// The GPU sums the powers of each tile's deviations from its midrange in fp32 (at most 32 terms: <= 32·2^-24 =
-// 1.9e-6 relative per sum, and each term rounded a few times), then works in double; turning a tile's sums about
-// its midrange into central sums can amplify that up to ~8x in a skewed tile (31 equal values and one apart). So
-// 2e-5 relative, as the host tests allow their simd backend 1e-5; the CPU reference (double) is ~1e-13. The mean
+// The GPU sums the powers of each tile's deviations from its midrange in fp32 (32 terms for float, 64 for 16-bit
+// types: at worst 32·2^-24 = 1.9e-6 / 64·2^-24 = 3.8e-6 relative per sum, typically ~sqrt(terms)·2^-24), then
+// works in double; turning a tile's sums about its midrange into central sums can amplify that up to ~8x in a
+// skewed tile (equal values and one apart). 2e-5 relative, as the host tests allow their simd backend 1e-5: a
+// proven bound for float tiles, for 16-bit ones a tested one (the worst case is not); the CPU reference (double) is
+// ~1e-13. The mean
 // relative to the spread (its error is that of sum(d)/n, d the deviations); m3 relative to sqrt(m2·m4), which
 // bounds sum |d|^3 (Cauchy-Schwarz), since m3 can be 0.
 void check_close(const moments& m, const moments& want) {
@@ -113,6 +115,26 @@ TEST_CASE("CUDA tensor moments of values near the float limits are finite and ma
     const moments m = tensor_moments(cuda_t{}, x.cview());
     REQUIRE(std::isfinite(m.m4));
     check_close(m, tensor_moments(cpu, std::as_const(x).host_view()));
+  }
+}
+
+TEMPLATE_TEST_CASE("CUDA tensor moments of spreads around the unscaled window [2^-30, 2^30) match the CPU",
+                   "[cuda][stats][moments][edge]", float, __nv_bfloat16) {
+  using T = TestType;
+  QSAFE_TEST_RNG(random);
+  // Tiles whose spread is inside the window sum the deviations as they are; outside it, scaled by 2^-e. Spreads
+  // straddling either end put tiles of both kinds in one tensor, centred and off-centre.
+  for (const int e : {-32, -31, -30, -29, 28, 29, 30, 31}) {
+    for (const double offset : {0.0, 3.0}) {
+      const double spread = std::ldexp(1.0, e);
+      test_matrix<T> x(gpu_shape{3, 4099, 4099, 0});
+      for (index_t r = 0; r < 3; ++r)
+        for (index_t c = 0; c < 4099; ++c)
+          x(r, c) = round_to<T>(static_cast<float>(spread * (offset + random.uniform(-1.0, 1.0))));
+      x.upload();
+      INFO("spread 2^" << e << ", offset " << offset << " spreads");
+      check_close(tensor_moments(cuda_t{}, x.cview()), tensor_moments(cpu, std::as_const(x).host_view()));
+    }
   }
 }
 
