@@ -112,7 +112,9 @@ class device_channel_params {
       owned_ = true;
     }
     for (std::size_t c = 0; c < params.size(); ++c) lanes[c] = to_lanes<float>(params[c]);
-    check(cudaMemcpyAsync(data_, lanes, bytes, cudaMemcpyHostToDevice, stream_), function, "cudaMemcpyAsync(params)");
+    const cudaError_t copied = cudaMemcpyAsync(data_, lanes, bytes, cudaMemcpyHostToDevice, stream_);
+    if (copied != cudaSuccess && owned_) cudaFreeAsync(data_, stream_);  // no destructor runs after a throw here
+    check(copied, function, "cudaMemcpyAsync(params)");
     if (policy.workspace != nullptr) policy.workspace->uploaded(stream_);
   }
   device_channel_params(const device_channel_params&) = delete;

@@ -40,6 +40,8 @@ struct reduction_tuning {
   static constexpr int moments_tile = sizeof(T) == 2 ? 64 : 32;
   template <class T>
   static constexpr int moments_blocks_per_sm = sizeof(T) == 2 ? 2 : 3;
+  template <class T>
+  static constexpr index_t moments_max_blocks = 132 * moments_blocks_per_sm<T>;
   // Histogram copies per block in the first selection pass (the top 11 bits of every key: few hot bins).
   static constexpr int first_pass_copies = 4;
   // Candidates per MSE launch (the shared accumulators: 8 warps x 256 doubles = 16 KiB).
@@ -131,7 +133,7 @@ partial_moments tensor_moments(std::string_view function, const cuda_t& policy, 
   const cudaStream_t stream = policy.stream;
   const walk_shape s = flat_shape(x);
   constexpr int tile = reduction_tuning::moments_tile<T>, per_sm = reduction_tuning::moments_blocks_per_sm<T>;
-  const dim3 grid = reduction_grid(s, tile, 132 * per_sm);
+  const dim3 grid = reduction_grid(s, tile, reduction_tuning::moments_max_blocks<T>);
   const unsigned blocks = grid.x * grid.y;
   const scratch space(function, policy, (blocks + 1) * sizeof(partial_moments), sizeof(partial_moments));
   auto* partials = space.device_at<partial_moments>(0);

@@ -208,34 +208,26 @@ __device__ __forceinline__ partial_moments tile_moments(const packet<T, N> (&t)[
   return m;
 }
 
-// The block's moments, reduced in a fixed order, to partials[blockIdx.y · gridDim.x + blockIdx.x].
-__device__ __forceinline__ void finish_moments(partial_moments acc, partial_moments* partials) {
-  __shared__ partial_moments slots[reduce_block_threads / 32];
-  acc = block_reduce(acc, empty_moments(), merge_moments_op{}, slots);
-  if (threadIdx.x == 0) partials[blockIdx.y * gridDim.x + blockIdx.x] = acc;
-}
-
 // One partial per block: partials[blockIdx.y · gridDim.x + blockIdx.x]. Built for MinBlocks resident blocks an SM
 // (reduction_tuning::moments_blocks_per_sm): at 4 (64 registers) a tile of 32 values and the double merge spilled.
 template <int N, int K, class T, int MinBlocks>
 __global__ void __launch_bounds__(reduce_block_threads, MinBlocks)
     moments_kernel(index_t rows, int cols, const T* x, index_t stride, partial_moments* partials) {
+  __shared__ partial_moments slots[reduce_block_threads / 32];
   partial_moments acc = empty_moments();
   const int span = static_cast<int>(blockDim.x) * N * K;
-  const auto fold = [&](const packet<T, N>(&t)[K], int base) {
+  const T zero = from_float<T>(0.0f);
+  for_each_tile<N * K>(rows, cols, [&](index_t r, int base) {
+    packet<T, N> t[K];
+    load_raw_tile<N, K>(x + r * stride, base, cols, zero, t);
     if (base + span <= cols) {
       merge_moments(acc, tile_moments<N, K, true>(t, base, cols));
     } else {
       merge_moments(acc, tile_moments<N, K, false>(t, base, cols));
     }
-  };
-  const T zero = from_float<T>(0.0f);
-  for_each_tile<N * K>(rows, cols, [&](index_t r, int base) {
-    packet<T, N> t[K];
-    load_raw_tile<N, K>(x + r * stride, base, cols, zero, t);
-    fold(t, base);
   });
-  finish_moments(acc, partials);
+  acc = block_reduce(acc, empty_moments(), merge_moments_op{}, slots);
+  if (threadIdx.x == 0) partials[blockIdx.y * gridDim.x + blockIdx.x] = acc;
 }
 
 // One block: thread t merges partials t, t + blockDim.x, ... in order, then the fixed block reduction.
