@@ -8,6 +8,7 @@
 #include <cstring>
 #include <limits>
 #include <span>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -167,6 +168,84 @@ TEMPLATE_TEST_CASE("CUDA per-channel fake_quantize and its backward equal the CP
   check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
   CHECK(y.download());
   for (const float v : y.host) CHECK(v == test_matrix<T>::poison());
+}
+
+TEMPLATE_TEST_CASE("CUDA fake_quantize walks of many packets per thread equal the CPU reference bit for bit",
+                   "[cuda][quant][large]", QSAFE_CUDA_ELEMENTS) {
+  // Walks where threads take more packets than the kernels keep in flight (the ring of stages wraps): down many rows,
+  // per tensor and per channel; a flattened tensor of many blocks; last packets of rows partial, stochastic draws at
+  // their indices.
+  using T = TestType;
+  QSAFE_TEST_RNG(random);
+  struct walk {
+    gpu_shape shape;
+    int granularity;  // per tensor, channels along columns, along rows (3 channels)
+  };
+  // Past 65535 rows of blocks, threads walk more rows than their ring has stages.
+  const walk walks[] = {{{1, (index_t{20} << 20) + 3, (index_t{20} << 20) + 3, 0}, 0},
+                        {{300001, 5, 8, 0}, 0},
+                        {{300003, 6, 8, 0}, 2},
+                        {{20011, 96, 96, 0}, 1},
+                        {{20013, 98, 104, 0}, 1},
+                        {{9003, 4097, 4104, 0}, 2},
+                        {{300001, 7, 7, 1}, 1}};
+  for (const walk& w : walks) {
+    const gpu_shape& s = w.shape;
+    const channel_axis axis = w.granularity == 2 ? channel_axis::row : channel_axis::column;
+    const index_t channels = w.granularity == 0 ? 1 : w.granularity == 1 ? s.cols : 3;
+    std::vector<quant_params> params;
+    for (index_t c = 0; c < channels; ++c) {
+      const double lo = random.uniform(-20, 5), hi = lo + random.uniform(0, 30);
+      params.push_back(make_qparams<float>({lo, hi}, static_cast<int>(random.integer(2, 12)), quant_mode::asymmetric));
+    }
+    fake_quant_options options;
+    options.rounding = random.coin() ? rounding_mode::stochastic : rounding_mode::half_to_even;
+    options.seed = static_cast<std::uint64_t>(random.integer(0, 1L << 40));
+    INFO("rows " << s.rows << ", cols " << s.cols << ", stride " << s.stride << ", misalign " << s.misalign
+                 << ", granularity " << w.granularity << ", rounding " << static_cast<int>(options.rounding));
+    test_matrix<T> x(s), y(s), dy(s), dx(s);
+    for (index_t r = 0; r < s.rows; ++r) {
+      for (index_t c = 0; c < s.cols; ++c) {
+        const quant_params& p = params[static_cast<std::size_t>(w.granularity == 0   ? 0
+                                                                : w.granularity == 1 ? c
+                                                                                     : r % channels)];
+        x(r, c) = round_to<T>(static_cast<float>(random.normal(0.0, p.scale * (p.quant_max - p.quant_min) / 3)));
+      }
+    }
+    x.upload();
+    fill_normal(random, dy);
+    std::vector<float> want_y(x.host.size()), want_dx(x.host.size());
+    const matrix_view<float> wy(want_y.data(), s.rows, s.cols, s.stride), wdx(want_dx.data(), s.rows, s.cols, s.stride);
+    if (w.granularity == 0) {
+      fake_quantize(cuda_t{}, x.cview(), params[0], y.view(), options);
+      fake_quantize_backward(cuda_t{}, x.cview(), params[0], dy.cview(), dx.view(), options);
+      fake_quantize(cpu, x.host_view(), params[0], wy, options);
+      fake_quantize_backward(cpu, x.host_view(), params[0], dy.host_view(), wdx, options);
+    } else {
+      const std::span<const quant_params> ps(params);
+      fake_quantize(cuda_t{}, x.cview(), ps, axis, y.view(), options);
+      fake_quantize_backward(cuda_t{}, x.cview(), ps, axis, dy.cview(), dx.view(), options);
+      fake_quantize(cpu, x.host_view(), ps, axis, wy, options);
+      fake_quantize_backward(cpu, x.host_view(), ps, axis, dy.host_view(), wdx, options);
+    }
+    check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+    REQUIRE(y.download());
+    REQUIRE(dx.download());
+    // Counted rather than asserted per element (tens of millions of them); the first mismatch is shown.
+    index_t wrong = 0;
+    std::string first;
+    for (index_t r = 0; r < s.rows; ++r) {
+      for (index_t c = 0; c < s.cols; ++c) {
+        if (same_bits(y(r, c), round_to<T>(wy(r, c))) && same_bits(dx(r, c), wdx(r, c))) continue;
+        if (wrong++ == 0)
+          first = "row " + std::to_string(r) + ", col " + std::to_string(c) + ": y " + std::to_string(y(r, c)) +
+                  " want " + std::to_string(round_to<T>(wy(r, c))) + ", dx " + std::to_string(dx(r, c)) + " want " +
+                  std::to_string(wdx(r, c));
+      }
+    }
+    INFO("first mismatch: " << first);
+    CHECK(wrong == 0);
+  }
 }
 
 TEST_CASE("CUDA per-channel fake_quantize calls queued through one workspace each use their own parameters",

@@ -40,8 +40,9 @@ void fake_quantize(const cuda_t& policy, matrix_view<const std::type_identity_t<
   detail::check_options("fake_quantize", options);
   if (x.cols > INT_MAX / 2) detail::fail("fake_quantize", "x", "has more than INT_MAX / 2 columns");
   if (x.empty()) return;
-  detail::cuda::fake_quantize(policy.stream, detail::cuda::tensor_params{detail::to_lanes<float>(params)}, x, y,
-                              options);
+  detail::cuda::fake_quantize(
+      policy.stream, detail::cuda::tensor_params{detail::cuda::to_code_params(detail::to_lanes<float>(params))}, x, y,
+      options);
 }
 
 /// Straight-through backward: `dx = dy` where the unclamped code lies in `[quant_min, quant_max]`, else 0.
@@ -56,8 +57,9 @@ void fake_quantize_backward(const cuda_t& policy, matrix_view<const std::type_id
   detail::check_options("fake_quantize_backward", options);
   if (x.cols > INT_MAX / 2) detail::fail("fake_quantize_backward", "x", "has more than INT_MAX / 2 columns");
   if (x.empty()) return;
-  detail::cuda::fake_quantize_backward(policy.stream, detail::cuda::tensor_params{detail::to_lanes<float>(params)}, x,
-                                       dy, dx, options);
+  detail::cuda::fake_quantize_backward(
+      policy.stream, detail::cuda::tensor_params{detail::cuda::to_code_params(detail::to_lanes<float>(params))}, x, dy,
+      dx, options);
 }
 
 /// Fake-quantize per channel: column j takes `params[j]` (`channel_axis::column`, params.size() == cols), or row r

@@ -1,7 +1,6 @@
 #pragma once
 // Launch geometry of the elementwise fake-quantization kernels: a contiguous matrix is one long row; blocks of
-// 256 threads, each thread 16-byte packets (several in flight), at most `max_blocks_x` blocks along a row
-// (grid-stride beyond), rows over the y dimension.
+// 256 threads walking 16-byte packets (kernels/quant.cuh), one wave of them on the device, rows over the y dimension.
 
 #include <cuda_runtime.h>
 
@@ -9,6 +8,7 @@
 #include <climits>
 #include <span>
 #include <string_view>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -20,31 +20,41 @@
 namespace qsafe::detail::cuda {
 
 struct quant_tuning {
-  static constexpr int block_threads = 256;
-  // 132 SMs x 8 blocks of 256 threads fill an H100; more blocks only add scheduling.
-  static constexpr index_t max_blocks_x = 1056;
+  static constexpr int block_threads = quant_block_threads;
   static constexpr index_t max_blocks_y = 65535;
+  // Packets a thread walks: all in flight at once while they are no more than its ring's stages. Column channels
+  // take 8 rows, so that a thread's column parameters, loaded once, serve 8 packets (at 1 packet a thread the
+  // parameter loads outweighed the data: bf16 columns at a fifth of the speed); per tensor 1 and row channels 2
+  // measured best (H100, docs/performance.md).
+  template <class Params>
+  static constexpr index_t packets_per_thread = std::is_same_v<Params, column_channel_params> ? 8
+                                                : std::is_same_v<Params, row_channel_params>  ? 2
+                                                                                              : 1;
 };
 
-// Calls launch(packet, grid, rows, cols) for the matrix (rows x cols with the strides given), flattening a
-// contiguous one into a single row when its size fits an int. Per-channel launches (`one_wave`) keep rows as rows and
-// bound the blocks along them so that the whole grid is one wave: each thread then takes its column parameters once
-// for many rows (256 row-blocks left a bf16 launch of 4096 columns at half occupancy).
-template <class T, class Launch>
-void launch_elementwise(std::string_view function, index_t rows, index_t cols, bool contiguous, bool aligned,
-                        bool one_wave, Launch&& launch) {
+// Launches `Kernel` (template argument N: elements a packet) over the matrix (rows x cols with the strides given),
+// flattening a contiguous one into a single row when its size fits an int. The grid gives each thread about
+// `packets_per_thread` packets: along a row (grid-stride beyond) and down rows (rows over the y dimension); a thread
+// that covers a column packet for several rows takes its column parameters once. `args(rows, cols)` gives the
+// kernel's arguments.
+template <class T, template <int> class KernelOf, class Args>
+void launch_elementwise(std::string_view function, cudaStream_t stream, index_t rows, index_t cols, bool contiguous,
+                        bool aligned, index_t packets_per_thread, Args&& args) {
   if (contiguous && rows * cols <= INT_MAX / 2) {
     cols *= rows;
     rows = 1;
   }
   const auto go = [&](auto packet) {
     constexpr int N = decltype(packet)::value;
-    const index_t steps = (cols + N * quant_tuning::block_threads - 1) / (N * quant_tuning::block_threads);
-    const index_t blocks_x = std::min(steps, quant_tuning::max_blocks_x);
-    const index_t blocks_y =
-        one_wave ? std::max<index_t>(1, quant_tuning::max_blocks_x / blocks_x) : quant_tuning::max_blocks_y;
-    const dim3 grid(static_cast<unsigned>(blocks_x), static_cast<unsigned>(std::min(rows, blocks_y)));
-    launch(packet, grid, rows, static_cast<int>(cols));
+    constexpr auto kernel = KernelOf<N>::value;
+    constexpr index_t per_block = index_t{N} * quant_tuning::block_threads;
+    const index_t steps = (cols + per_block - 1) / per_block;  // blocks that cover a row
+    const index_t want = (rows * steps + packets_per_thread - 1) / packets_per_thread;
+    const index_t blocks_x = std::min<index_t>(steps, std::max<index_t>(want, 1));
+    const index_t blocks_y = std::min({rows, (want + blocks_x - 1) / blocks_x, quant_tuning::max_blocks_y});
+    const dim3 grid(static_cast<unsigned>(blocks_x), static_cast<unsigned>(std::max<index_t>(blocks_y, 1)));
+    std::apply([&](auto... a) { kernel<<<grid, quant_tuning::block_threads, 0, stream>>>(a...); },
+               args(rows, static_cast<int>(cols)));
   };
   if (aligned) {
     go(std::integral_constant<int, 16 / static_cast<int>(sizeof(T))>{});
@@ -64,12 +74,12 @@ void fake_quantize(cudaStream_t stream, const Params& p, matrix_view<const T> x,
   const bool contiguous = per_tensor && (x.rows <= 1 || (x.row_stride == x.cols && y.row_stride == y.cols));
   const bool aligned = aligned_16(x.data, x.row_stride, x.rows) && aligned_16(y.data, y.row_stride, y.rows);
   with_rounding(options, options.index_offset, [&](const auto& rounding) {
-    launch_elementwise<T>("fake_quantize", x.rows, x.cols, contiguous, aligned, !per_tensor,
-                          [&](auto packet, dim3 grid, index_t rows, int cols) {
-                            fake_quantize_kernel<decltype(packet)::value>
-                                <<<grid, quant_tuning::block_threads, 0, stream>>>(p, rounding, rows, cols, x.data,
-                                                                                   x.row_stride, y.data, y.row_stride);
-                          });
+    using Rounding = std::decay_t<decltype(rounding)>;
+    launch_elementwise<T, fake_quantize_kernel_of<Params, Rounding, T>::template at>(
+        "fake_quantize", stream, x.rows, x.cols, contiguous, aligned, quant_tuning::packets_per_thread<Params>,
+        [&](index_t rows, int cols) {
+          return std::tuple(p, rounding, rows, cols, x.data, x.row_stride, y.data, y.row_stride);
+        });
   });
 }
 
@@ -82,11 +92,13 @@ void fake_quantize_backward(cudaStream_t stream, const Params& p, matrix_view<co
   const bool aligned = aligned_16(x.data, x.row_stride, x.rows) && aligned_16(dy.data, dy.row_stride, dy.rows) &&
                        aligned_16(dx.data, dx.row_stride, dx.rows);
   with_rounding_and_mask(options, options.index_offset, [&](const auto& rounding, const auto& mask) {
-    launch_elementwise<T>(
-        "fake_quantize_backward", x.rows, x.cols, contiguous, aligned, !per_tensor,
-        [&](auto packet, dim3 grid, index_t rows, int cols) {
-          fake_quantize_backward_kernel<decltype(packet)::value><<<grid, quant_tuning::block_threads, 0, stream>>>(
-              p, rounding, mask, rows, cols, x.data, x.row_stride, dy.data, dy.row_stride, dx.data, dx.row_stride);
+    using Rounding = std::decay_t<decltype(rounding)>;
+    using Mask = std::decay_t<decltype(mask)>;
+    launch_elementwise<T, fake_quantize_backward_kernel_of<Params, Rounding, Mask, T>::template at>(
+        "fake_quantize_backward", stream, x.rows, x.cols, contiguous, aligned, quant_tuning::packets_per_thread<Params>,
+        [&](index_t rows, int cols) {
+          return std::tuple(p, rounding, mask, rows, cols, x.data, x.row_stride, dy.data, dy.row_stride, dx.data,
+                            dx.row_stride);
         });
   });
 }
@@ -99,19 +111,19 @@ class device_channel_params {
  public:
   device_channel_params(std::string_view function, const cuda_t& policy, std::span<const quant_params> params)
       : stream_(policy.stream) {
-    const std::size_t bytes = params.size() * sizeof(lane_params<float>);
-    lane_params<float>* lanes = nullptr;
-    std::vector<lane_params<float>> pageable;
+    const std::size_t bytes = params.size() * sizeof(code_params);
+    code_params* lanes = nullptr;
+    std::vector<code_params> pageable;
     if (policy.workspace != nullptr) {
-      lanes = static_cast<lane_params<float>*>(policy.workspace->host(bytes));
-      data_ = static_cast<lane_params<float>*>(policy.workspace->device(bytes));
+      lanes = static_cast<code_params*>(policy.workspace->host(bytes));
+      data_ = static_cast<code_params*>(policy.workspace->device(bytes));
     } else {
       pageable.resize(params.size());
       lanes = pageable.data();
       check(cudaMallocAsync(&data_, bytes, stream_), function, "cudaMallocAsync(params)");
       owned_ = true;
     }
-    for (std::size_t c = 0; c < params.size(); ++c) lanes[c] = to_lanes<float>(params[c]);
+    for (std::size_t c = 0; c < params.size(); ++c) lanes[c] = to_code_params(to_lanes<float>(params[c]));
     const cudaError_t copied = cudaMemcpyAsync(data_, lanes, bytes, cudaMemcpyHostToDevice, stream_);
     if (copied != cudaSuccess && owned_) cudaFreeAsync(data_, stream_);  // no destructor runs after a throw here
     check(copied, function, "cudaMemcpyAsync(params)");
@@ -122,11 +134,11 @@ class device_channel_params {
   ~device_channel_params() {
     if (owned_) cudaFreeAsync(data_, stream_);
   }
-  const lane_params<float>* data() const { return data_; }
+  const code_params* data() const { return data_; }
 
  private:
   cudaStream_t stream_;
-  lane_params<float>* data_ = nullptr;
+  code_params* data_ = nullptr;
   bool owned_ = false;
 };
 
