@@ -42,6 +42,18 @@ struct softmax_tuning {
   static constexpr int backward_cached_elements = 16;
   template <class T>
   static constexpr int backward_from_scores_cached_elements = sizeof(T) == 4 ? 32 : 16;
+  // Bytes of each input that a block prefetches into L2 ahead of the rows it computes (prefetch_rows_ahead). H100,
+  // bench_cuda_softmax, 2^28 elements, TB/s over T = 128 .. 8192 without -> with, swept over 0.5-6 MiB (2026-11-26):
+  //   bf16 forward 2.34-2.88 -> 2.92-3.01 (3 MiB; 6 MiB: 2.69-2.99); bf16 backward 2.64-2.99 -> 2.90-3.06 (1 MiB;
+  //   3 MiB: 2.68-3.00); bf16 backward from scores 2.07-2.75 -> 2.19-2.97 (3 MiB; 2-4 MiB alike);
+  //   float32 forward 2.96-3.00 -> 3.00-3.02 (1 MiB). Float backward: none; it runs at the copy without, and
+  //   from 2 MiB on it fell (2.42-2.50 at 6 MiB), presumably as lines are evicted before their use and read twice.
+  template <class T>
+  static constexpr double forward_prefetch_bytes = sizeof(T) == 2 ? 3 << 20 : 1 << 20;
+  template <class T>
+  static constexpr double backward_prefetch_bytes = sizeof(T) == 2 ? 1 << 20 : 0;
+  template <class T>
+  static constexpr double backward_from_scores_prefetch_bytes = sizeof(T) == 2 ? 3 << 20 : 0;
   // Threads per block when several short rows share a block: 256 gives 8 blocks (2048 threads) per SM.
   static constexpr int block_threads = 256;
   static constexpr int min_threads_per_row = 4;
@@ -98,6 +110,12 @@ void launch_rows(std::string_view function, index_t rows, index_t cols, bool ali
   check(cudaGetLastError(), function, "the kernel launch");
 }
 
+// Rows ahead that a block prefetches into L2: `bytes` of each input.
+template <class T>
+index_t rows_ahead(double bytes, index_t cols) {
+  return cols > 0 ? static_cast<index_t>(bytes / (static_cast<double>(cols) * sizeof(T))) : 0;
+}
+
 inline dim3 block_of(const launch_geometry& g) {
   return dim3(static_cast<unsigned>(g.threads_per_row * g.rows_per_block));
 }
@@ -111,7 +129,7 @@ void softmax_forward(cudaStream_t stream, const Variant& variant, const Lengths&
       "softmax_forward", x.rows, x.cols, aligned, [&](auto shape, const launch_geometry& g) {
         softmax_forward_kernel<decltype(shape)><<<g.grid, block_of(g), 0, stream>>>(
             variant, device_form(lengths), x.rows, static_cast<int>(x.cols), g.threads_per_row, x.data, x.row_stride,
-            y.data, y.row_stride, p, p_stride);
+            y.data, y.row_stride, p, p_stride, rows_ahead<T>(softmax_tuning::forward_prefetch_bytes<T>, x.cols));
       });
 }
 
@@ -124,7 +142,8 @@ void softmax_backward(cudaStream_t stream, const Variant& variant, const Lengths
       "softmax_backward", p.rows, p.cols, aligned, [&](auto shape, const launch_geometry& g) {
         softmax_backward_kernel<decltype(shape)><<<g.grid, block_of(g), 0, stream>>>(
             variant, device_form(lengths), p.rows, static_cast<int>(p.cols), g.threads_per_row, p.data, p.row_stride,
-            dy.data, dy.row_stride, dx.data, dx.row_stride);
+            dy.data, dy.row_stride, dx.data, dx.row_stride,
+            rows_ahead<T>(softmax_tuning::backward_prefetch_bytes<T>, p.cols));
       });
 }
 
@@ -137,7 +156,8 @@ void softmax_backward_from_scores(cudaStream_t stream, const Variant& variant, c
       "softmax_backward_from_scores", x.rows, x.cols, aligned, [&](auto shape, const launch_geometry& g) {
         softmax_backward_from_scores_kernel<decltype(shape)><<<g.grid, block_of(g), 0, stream>>>(
             variant, device_form(lengths), x.rows, static_cast<int>(x.cols), g.threads_per_row, x.data, x.row_stride,
-            dy.data, dy.row_stride, dx.data, dx.row_stride);
+            dy.data, dy.row_stride, dx.data, dx.row_stride,
+            rows_ahead<T>(softmax_tuning::backward_from_scores_prefetch_bytes<T>, x.cols));
       });
 }
 

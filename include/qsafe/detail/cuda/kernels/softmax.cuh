@@ -203,14 +203,34 @@ __device__ __forceinline__ void store_nan_packet(T* row, int j, int length, int 
   store_packet<N>(row, j, cols, v);
 }
 
+// Asks L2 to fetch the rows `ahead` rows past this block's, which a later block will read (blocks start about in
+// order), up to each row's length: DRAM keeps streaming while the resident blocks sit in their reductions. One bulk
+// prefetch a row and input (sm_90's cp.async.bulk.prefetch: nothing held); aligned shapes only (16-byte rows).
+template <class Shape, class Lengths, class T>
+__device__ __forceinline__ void prefetch_rows_ahead(const row_group& group, index_t ahead, const Lengths& lengths,
+                                                    index_t rows, int cols, const T* data, index_t stride) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if constexpr (Shape::packet > 1) {
+    const int rows_per_block = static_cast<int>(blockDim.x) / group.threads;
+    if (ahead <= 0 || static_cast<int>(threadIdx.x) >= rows_per_block) return;
+    const index_t row = static_cast<index_t>(blockIdx.x) * rows_per_block + threadIdx.x + ahead;
+    const unsigned bytes = static_cast<unsigned>(clamped_length(lengths, row, rows, cols)) * sizeof(T) / 16 * 16;
+    if (bytes > 0)
+      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(data + row * stride), "r"(bytes) : "memory");
+  }
+#endif
+}
+
 // y = variant(softmax(x)); p (if not null) = the unclipped softmax.
 template <class Shape, class Variant, class Lengths, class T>
 __global__ void __launch_bounds__(max_threads_per_block)
     softmax_forward_kernel(const Variant variant, const Lengths lengths, index_t rows, int cols, int threads_per_row,
-                           const T* x, index_t x_stride, T* y, index_t y_stride, T* p, index_t p_stride) {
+                           const T* x, index_t x_stride, T* y, index_t y_stride, T* p, index_t p_stride,
+                           index_t ahead) {
   constexpr int N = Shape::packet;
   __shared__ float max_slots[max_warps_per_block], sum_slots[max_warps_per_block];
   const row_group group(threads_per_row);
+  prefetch_rows_ahead<Shape>(group, ahead, lengths, rows, cols, x, x_stride);
   const row_walk<N, Shape::cached> walk(group);
   const int length = clamped_length(lengths, group.row, rows, cols);
   // Before the loads and barriers: NCS's per-row affine is a double division, whose latency the loads then cover
@@ -254,10 +274,13 @@ __global__ void __launch_bounds__(max_threads_per_block)
 template <class Shape, class Variant, class Lengths, class T>
 __global__ void __launch_bounds__(max_threads_per_block)
     softmax_backward_kernel(const Variant variant, const Lengths lengths, index_t rows, int cols, int threads_per_row,
-                            const T* p, index_t p_stride, const T* dy, index_t dy_stride, T* dx, index_t dx_stride) {
+                            const T* p, index_t p_stride, const T* dy, index_t dy_stride, T* dx, index_t dx_stride,
+                            index_t ahead) {
   constexpr int N = Shape::packet;
   __shared__ float sum_slots[max_warps_per_block];
   const row_group group(threads_per_row);
+  prefetch_rows_ahead<Shape>(group, ahead, lengths, rows, cols, p, p_stride);
+  prefetch_rows_ahead<Shape>(group, ahead, lengths, rows, cols, dy, dy_stride);
   const row_walk<N, Shape::cached> walk(group);
   const int length = clamped_length(lengths, group.row, rows, cols);
   const row_source<T, N, Shape::cached> ps(row_pointer(p, p_stride, group.row, rows), length, from_float<T>(0.0f),
@@ -296,10 +319,12 @@ template <class Shape, class Variant, class Lengths, class T>
 __global__ void __launch_bounds__(max_threads_per_block)
     softmax_backward_from_scores_kernel(const Variant variant, const Lengths lengths, index_t rows, int cols,
                                         int threads_per_row, const T* x, index_t x_stride, const T* dy,
-                                        index_t dy_stride, T* dx, index_t dx_stride) {
+                                        index_t dy_stride, T* dx, index_t dx_stride, index_t ahead) {
   constexpr int N = Shape::packet;
   __shared__ float max_slots[max_warps_per_block], sum_slots[max_warps_per_block], dot_slots[max_warps_per_block];
   const row_group group(threads_per_row);
+  prefetch_rows_ahead<Shape>(group, ahead, lengths, rows, cols, x, x_stride);
+  prefetch_rows_ahead<Shape>(group, ahead, lengths, rows, cols, dy, dy_stride);
   const row_walk<N, Shape::cached> walk(group);
   const int length = clamped_length(lengths, group.row, rows, cols);
   const row_exponentials<Shape, T> ex(row_pointer(x, x_stride, group.row, rows), length, walk);
