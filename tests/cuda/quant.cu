@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <span>
 #include <string>
 #include <utility>
@@ -38,6 +39,26 @@ void fill_quant_inputs(rng& random, test_matrix<T>& x, const quant_params& p) {
     }
   }
   x.upload();
+}
+
+// fake_quantize and its backward on the GPU (into y, dx) and on the CPU (into wy, wdx), with the same options: per
+// tensor (params[0]) without an axis, else per channel along it.
+template <class T>
+void fake_quantize_both(const std::vector<quant_params>& params, std::optional<channel_axis> axis,
+                        const fake_quant_options& options, test_matrix<T>& x, test_matrix<T>& dy, test_matrix<T>& y,
+                        test_matrix<T>& dx, matrix_view<float> wy, matrix_view<float> wdx) {
+  if (!axis) {
+    fake_quantize(cuda_t{}, x.cview(), params[0], y.view(), options);
+    fake_quantize_backward(cuda_t{}, x.cview(), params[0], dy.cview(), dx.view(), options);
+    fake_quantize(cpu, x.host_view(), params[0], wy, options);
+    fake_quantize_backward(cpu, x.host_view(), params[0], dy.host_view(), wdx, options);
+  } else {
+    const std::span<const quant_params> ps(params);
+    fake_quantize(cuda_t{}, x.cview(), ps, *axis, y.view(), options);
+    fake_quantize_backward(cuda_t{}, x.cview(), ps, *axis, dy.cview(), dx.view(), options);
+    fake_quantize(cpu, x.host_view(), ps, *axis, wy, options);
+    fake_quantize_backward(cpu, x.host_view(), ps, *axis, dy.host_view(), wdx, options);
+  }
 }
 
 }  // namespace
@@ -216,18 +237,7 @@ TEMPLATE_TEST_CASE("CUDA fake_quantize walks of many packets per thread equal th
     fill_normal(random, dy);
     std::vector<float> want_y(x.host.size()), want_dx(x.host.size());
     const matrix_view<float> wy(want_y.data(), s.rows, s.cols, s.stride), wdx(want_dx.data(), s.rows, s.cols, s.stride);
-    if (w.granularity == 0) {
-      fake_quantize(cuda_t{}, x.cview(), params[0], y.view(), options);
-      fake_quantize_backward(cuda_t{}, x.cview(), params[0], dy.cview(), dx.view(), options);
-      fake_quantize(cpu, x.host_view(), params[0], wy, options);
-      fake_quantize_backward(cpu, x.host_view(), params[0], dy.host_view(), wdx, options);
-    } else {
-      const std::span<const quant_params> ps(params);
-      fake_quantize(cuda_t{}, x.cview(), ps, axis, y.view(), options);
-      fake_quantize_backward(cuda_t{}, x.cview(), ps, axis, dy.cview(), dx.view(), options);
-      fake_quantize(cpu, x.host_view(), ps, axis, wy, options);
-      fake_quantize_backward(cpu, x.host_view(), ps, axis, dy.host_view(), wdx, options);
-    }
+    fake_quantize_both(params, w.granularity == 0 ? std::nullopt : std::optional(axis), options, x, dy, y, dx, wy, wdx);
     check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
     REQUIRE(y.download());
     REQUIRE(dx.download());
@@ -347,18 +357,8 @@ TEMPLATE_TEST_CASE(
         std::vector<float> want_y(x.host.size()), want_dx(x.host.size());
         const matrix_view<float> wy(want_y.data(), s.rows, s.cols, s.stride),
             wdx(want_dx.data(), s.rows, s.cols, s.stride);
-        if (granularity == 0) {
-          fake_quantize(cuda_t{}, x.cview(), params[0], y.view(), options);
-          fake_quantize_backward(cuda_t{}, x.cview(), params[0], dy.cview(), dx.view(), options);
-          fake_quantize(cpu, x.host_view(), params[0], wy, options);
-          fake_quantize_backward(cpu, x.host_view(), params[0], dy.host_view(), wdx, options);
-        } else {
-          const std::span<const quant_params> ps(params);
-          fake_quantize(cuda_t{}, x.cview(), ps, axis, y.view(), options);
-          fake_quantize_backward(cuda_t{}, x.cview(), ps, axis, dy.cview(), dx.view(), options);
-          fake_quantize(cpu, x.host_view(), ps, axis, wy, options);
-          fake_quantize_backward(cpu, x.host_view(), ps, axis, dy.host_view(), wdx, options);
-        }
+        fake_quantize_both(params, granularity == 0 ? std::nullopt : std::optional(axis), options, x, dy, y, dx, wy,
+                           wdx);
         check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
         REQUIRE(y.download());
         REQUIRE(dx.download());
