@@ -1,6 +1,6 @@
 #pragma once
 // Launch geometry of the elementwise fake-quantization kernels: a contiguous matrix is one long row; blocks of
-// 256 threads walking 16-byte packets (kernels/quant.cuh), one wave of them on the device, rows over the y dimension.
+// 256 threads walking 16-byte packets (kernels/quant.cuh), a few packets a thread, rows over the y dimension.
 
 #include <cuda_runtime.h>
 
