@@ -97,15 +97,15 @@ void sweep_shape(const char* dtype, std::size_t elements, int repeats, long cols
   check(cudaFuncGetAttributes(
             &ba, dc::softmax_backward_from_scores_kernel<shape, qsafe::vanilla_softmax, qsafe::full_rows, T>),
         "cudaFuncGetAttributes");
+  const qsafe::index_t no_prefetch = 0;  // the shapes alone, without the L2 prefetch of later rows
   const double fwd = median_ms(repeats, [&] {
     dc::softmax_forward_kernel<shape><<<g.grid, dc::block_of(g)>>>(variant, mode, rows, static_cast<int>(cols), threads,
                                                                    x.data, cols, y.data, cols, static_cast<T*>(nullptr),
-                                                                   0, dc::rows_ahead<T>(0.0, cols));
+                                                                   0, no_prefetch);
   });
   const double bwd = median_ms(repeats, [&] {
-    dc::softmax_backward_from_scores_kernel<shape>
-        <<<g.grid, dc::block_of(g)>>>(variant, mode, rows, static_cast<int>(cols), threads, x.data, cols, dy.data, cols,
-                                      y.data, cols, dc::rows_ahead<T>(0.0, cols));
+    dc::softmax_backward_from_scores_kernel<shape><<<g.grid, dc::block_of(g)>>>(
+        variant, mode, rows, static_cast<int>(cols), threads, x.data, cols, dy.data, cols, y.data, cols, no_prefetch);
   });
   check(cudaGetLastError(), "sweep launch");
   const double bytes = static_cast<double>(rows * cols) * sizeof(T);

@@ -37,9 +37,8 @@ void fill_kind(rng& random, test_matrix<T>& x, data_kind kind) {
 // works in double; turning a tile's sums about its midrange into central sums can amplify that up to ~8x in a
 // skewed tile (equal values and one apart). 2e-5 relative, as the host tests allow their simd backend 1e-5: a
 // proven bound for float tiles, for 16-bit ones a tested one (the worst case is not); the CPU reference (double) is
-// ~1e-13. The mean
-// relative to the spread (its error is that of sum(d)/n, d the deviations); m3 relative to sqrt(m2·m4), which
-// bounds sum |d|^3 (Cauchy-Schwarz), since m3 can be 0.
+// ~1e-13. The mean relative to the spread (its error is that of sum(d)/n, d the deviations); m3 relative to
+// sqrt(m2·m4), which bounds sum |d|^3 (Cauchy-Schwarz), since m3 can be 0.
 void check_close(const moments& m, const moments& want) {
   constexpr double tol = 2e-5;
   const double n = static_cast<double>(want.count), sd = std::sqrt(want.m2 / n);

@@ -177,6 +177,14 @@ __device__ __forceinline__ void for_each_packet(const Params& params, index_t ro
       c.r += row_step;
     }
   };
+  // Calls walk(parameters): a thread that keeps one column packet (a step covers the row) takes its columns' once.
+  const auto with_params = [&](const auto& walk) {
+    if (step >= cols) {
+      walk(params.template for_columns<N>(first, cols));
+    } else {
+      walk(params);
+    }
+  };
   constexpr int S = quant_stage_packets / K;
   if constexpr (sizeof(packet<T, N>) == 16) {
     __shared__ packet<T, N> ring[S][K][quant_block_threads];
@@ -219,11 +227,7 @@ __device__ __forceinline__ void for_each_packet(const Params& params, index_t ro
         row_params = next_params;
       }
     };
-    if (step >= cols) {
-      walk(params.template for_columns<N>(first, cols));
-    } else {
-      walk(params);
-    }
+    with_params(walk);
   } else {
     const auto walk = [&](const auto& walk_params) {
       for (cursor c{static_cast<index_t>(blockIdx.y), first}; c.r < rows;) {
@@ -244,11 +248,7 @@ __device__ __forceinline__ void for_each_packet(const Params& params, index_t ro
           if (at[s].r < rows) finish(walk_params.for_row(at[s].r), at[s].r, at[s].j, packets[s]);
       }
     };
-    if (step >= cols) {
-      walk(params.template for_columns<N>(first, cols));
-    } else {
-      walk(params);
-    }
+    with_params(walk);
   }
 }
 

@@ -206,17 +206,22 @@ __device__ __forceinline__ void store_nan_packet(T* row, int j, int length, int 
 // Asks L2 to fetch the rows `ahead` rows past this block's, which a later block will read (blocks start about in
 // order), up to each row's length: DRAM keeps streaming while the resident blocks sit in their reductions. One bulk
 // prefetch a row and input (sm_90's cp.async.bulk.prefetch: nothing held); aligned shapes only (16-byte rows).
+// `second` (may be null) is a second input of the same shape.
 template <class Shape, class Lengths, class T>
 __device__ __forceinline__ void prefetch_rows_ahead(const row_group& group, index_t ahead, const Lengths& lengths,
-                                                    index_t rows, int cols, const T* data, index_t stride) {
+                                                    index_t rows, int cols, const T* first, index_t first_stride,
+                                                    const T* second = nullptr, index_t second_stride = 0) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   if constexpr (Shape::packet > 1) {
     const int rows_per_block = static_cast<int>(blockDim.x) / group.threads;
     if (ahead <= 0 || static_cast<int>(threadIdx.x) >= rows_per_block) return;
     const index_t row = static_cast<index_t>(blockIdx.x) * rows_per_block + threadIdx.x + ahead;
     const unsigned bytes = static_cast<unsigned>(clamped_length(lengths, row, rows, cols)) * sizeof(T) / 16 * 16;
-    if (bytes > 0)
-      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(data + row * stride), "r"(bytes) : "memory");
+    if (bytes == 0) return;
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(first + row * first_stride), "r"(bytes) : "memory");
+    if (second != nullptr)
+      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(second + row * second_stride), "r"(bytes)
+                   : "memory");
   }
 #endif
 }
@@ -279,8 +284,7 @@ __global__ void __launch_bounds__(max_threads_per_block)
   constexpr int N = Shape::packet;
   __shared__ float sum_slots[max_warps_per_block];
   const row_group group(threads_per_row);
-  prefetch_rows_ahead<Shape>(group, ahead, lengths, rows, cols, p, p_stride);
-  prefetch_rows_ahead<Shape>(group, ahead, lengths, rows, cols, dy, dy_stride);
+  prefetch_rows_ahead<Shape>(group, ahead, lengths, rows, cols, p, p_stride, dy, dy_stride);
   const row_walk<N, Shape::cached> walk(group);
   const int length = clamped_length(lengths, group.row, rows, cols);
   const row_source<T, N, Shape::cached> ps(row_pointer(p, p_stride, group.row, rows), length, from_float<T>(0.0f),
@@ -323,8 +327,7 @@ __global__ void __launch_bounds__(max_threads_per_block)
   constexpr int N = Shape::packet;
   __shared__ float max_slots[max_warps_per_block], sum_slots[max_warps_per_block], dot_slots[max_warps_per_block];
   const row_group group(threads_per_row);
-  prefetch_rows_ahead<Shape>(group, ahead, lengths, rows, cols, x, x_stride);
-  prefetch_rows_ahead<Shape>(group, ahead, lengths, rows, cols, dy, dy_stride);
+  prefetch_rows_ahead<Shape>(group, ahead, lengths, rows, cols, x, x_stride, dy, dy_stride);
   const row_walk<N, Shape::cached> walk(group);
   const int length = clamped_length(lengths, group.row, rows, cols);
   const row_exponentials<Shape, T> ex(row_pointer(x, x_stride, group.row, rows), length, walk);
