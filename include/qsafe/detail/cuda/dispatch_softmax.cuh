@@ -4,18 +4,23 @@
 // Shapes, by row length in packets (16 bytes of elements) when every row start is 16-byte aligned:
 //   row fits in registers (<= max_threads_per_row · the op's cached elements): a row group of the smallest power of
 //     two of threads (>= 4) that holds it, several groups per block for short rows (a warp or less per row), one
-//     group per block for long rows (a block per row); each input read once;
+//     group per block for long rows (a block per row); each input read once. The 16-bit backward from scores of
+//     the longest such rows (a block of max_threads_per_row a row) runs a staged kernel instead: one wave of blocks
+//     that walk the rows, each copying its next row into shared memory while the current one reduces;
 //   longer rows: a block per row that streams the row from memory at each pass (inputs read 2-3 times, mostly from
 //     L2);
 //   any unaligned start or stride: the streaming shape with single-element accesses.
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <bit>
 #include <climits>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <string_view>
+#include <type_traits>
 
 #include "qsafe/cuda/execution.cuh"
 #include "qsafe/detail/check.hpp"
@@ -54,6 +59,15 @@ struct softmax_tuning {
   static constexpr double backward_prefetch_bytes = sizeof(T) == 2 ? 1 << 20 : 0;
   template <class T>
   static constexpr double backward_from_scores_prefetch_bytes = sizeof(T) == 2 ? 3 << 20 : 0;
+  // Threads per row (a block a row) from which the 16-bit backward from scores runs the staged kernel, which copies
+  // a block's next row into shared memory while the current one reduces (softmax_backward_from_scores_staged_kernel),
+  // and the variants it runs. H100, bench_cuda_softmax --repeats 15, bf16 T = 8192, TB/s plain -> staged
+  // (2026-11-26): vanilla 2.52 -> 2.70, clipped 2.22 -> 2.33, NCS 2.18 -> 2.02 (its per-row affine, a double
+  // division, then spilled and stalled each row), so NCS keeps the plain kernel. T = 2048 (128 threads): not staged.
+  template <class T>
+  static constexpr int backward_from_scores_staged_threads = sizeof(T) == 2 ? 512 : INT_MAX;
+  template <class Variant>
+  static constexpr bool backward_from_scores_staged_variant = !std::is_same_v<Variant, normalized_clipped_softmax>;
   // Threads per block when several short rows share a block: 256 gives 8 blocks (2048 threads) per SM.
   static constexpr int block_threads = 256;
   static constexpr int min_threads_per_row = 4;
@@ -147,6 +161,18 @@ void softmax_backward(cudaStream_t stream, const Variant& variant, const Lengths
       });
 }
 
+// Blocks of `kernel` that fit on the device at once (one wave), at most `blocks`: the grid of a kernel whose blocks
+// walk the rows.
+template <class Kernel>
+unsigned one_wave(std::string_view function, Kernel kernel, int threads, std::size_t shared_bytes, unsigned blocks) {
+  int device = 0, sms = 0, per_sm = 0;
+  check(cudaGetDevice(&device), function, "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), function, "cudaDeviceGetAttribute");
+  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, shared_bytes), function,
+        "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+  return std::min(blocks, static_cast<unsigned>(std::max(1, sms * per_sm)));
+}
+
 template <class Variant, class Lengths, class T>
 void softmax_backward_from_scores(cudaStream_t stream, const Variant& variant, const Lengths& lengths,
                                   matrix_view<const T> x, matrix_view<const T> dy, matrix_view<T> dx) {
@@ -154,6 +180,23 @@ void softmax_backward_from_scores(cudaStream_t stream, const Variant& variant, c
                        aligned_16(dx.data, dx.row_stride, dx.rows);
   launch_rows<T, softmax_tuning::backward_from_scores_cached_elements<T>>(
       "softmax_backward_from_scores", x.rows, x.cols, aligned, [&](auto shape, const launch_geometry& g) {
+        using Shape = decltype(shape);
+        if constexpr (Shape::cached > 0 && Shape::packet * sizeof(T) == 16 &&
+                      softmax_tuning::backward_from_scores_staged_threads<T> != INT_MAX &&
+                      softmax_tuning::backward_from_scores_staged_variant<Variant>) {
+          if (g.threads_per_row >= softmax_tuning::backward_from_scores_staged_threads<T> && g.rows_per_block == 1) {
+            const auto kernel =
+                softmax_backward_from_scores_staged_kernel<Shape, Variant, std::decay_t<decltype(device_form(lengths))>,
+                                                           T>;
+            const std::size_t shared_bytes =
+                2 * Shape::cached * sizeof(uint4) * static_cast<std::size_t>(g.threads_per_row);
+            kernel<<<one_wave("softmax_backward_from_scores", kernel, g.threads_per_row, shared_bytes, g.grid),
+                     g.threads_per_row, shared_bytes, stream>>>(variant, device_form(lengths), x.rows,
+                                                                static_cast<int>(x.cols), x.data, x.row_stride, dy.data,
+                                                                dy.row_stride, dx.data, dx.row_stride);
+            return;
+          }
+        }
         softmax_backward_from_scores_kernel<decltype(shape)><<<g.grid, block_of(g), 0, stream>>>(
             variant, device_form(lengths), x.rows, static_cast<int>(x.cols), g.threads_per_row, x.data, x.row_stride,
             dy.data, dy.row_stride, dx.data, dx.row_stride,

@@ -66,6 +66,25 @@ struct row_walk {
   }
 };
 
+// One thread's `Cached` packets of a row, held in registers.
+template <class T, int N, int Cached>
+struct row_packets {
+  packet<T, N> v[Cached];
+};
+
+// This thread's packets of a row from memory; elements at or past `length` read as `fill`.
+template <class T, int N, int Cached>
+__device__ __forceinline__ row_packets<T, N, Cached> load_row_packets(const T* row, int length, T fill,
+                                                                      const row_walk<N, Cached>& walk) {
+  row_packets<T, N, Cached> out;
+#pragma unroll
+  for (int k = 0; k < Cached; ++k) {
+    const int j = walk.first + k * walk.step;
+    out.v[k] = load_packet<N>(row, j, j < length ? length : 0, fill);
+  }
+  return out;
+}
+
 // One thread's share of a row's valid keys: held in registers (Cached > 0) or re-read from memory at each pass.
 template <class T, int N, int Cached>
 struct row_source {
@@ -77,12 +96,15 @@ struct row_source {
   __device__ row_source(const T* row_, int length_, T fill_, const row_walk<N, Cached>& walk)
       : row(row_), length(length_), fill(fill_) {
     if constexpr (Cached > 0) {
+      const row_packets<T, N, Cached> loaded = load_row_packets(row, length, fill, walk);
 #pragma unroll
-      for (int k = 0; k < Cached; ++k) {
-        const int j = walk.first + k * walk.step;
-        cache[k] = load_packet<N>(row, j, j < length ? length : 0, fill);
-      }
+      for (int k = 0; k < Cached; ++k) cache[k] = loaded.v[k];
     }
+  }
+  // From packets already in registers (elements past the row's length must hold `fill`).
+  __device__ row_source(const row_packets<T, N, Cached>& cached, int length_) : row(nullptr), length(length_), fill{} {
+#pragma unroll
+    for (int k = 0; k < Cached; ++k) cache[k] = cached.v[k];
   }
 
   __device__ __forceinline__ void at(int k, int j, float (&out)[N]) const {

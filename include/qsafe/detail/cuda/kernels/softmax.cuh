@@ -8,9 +8,11 @@
 // cached, each input element is read once from memory and each output element written once.
 // Kernels trust their inputs (the public functions check them); a row length outside [0, cols] is clamped.
 
+#include <cuda_pipeline_primitives.h>
 #include <cuda_runtime.h>
 
 #include <cmath>
+#include <cstddef>
 
 #include "qsafe/detail/cuda/element.cuh"
 #include "qsafe/detail/cuda/row_group.cuh"
@@ -53,27 +55,7 @@ struct row_exponentials {
       : row(row_), length(length_) {
     const T fill = from_float<T>(negative_infinity);
     if constexpr (Shape::cached > 0) {
-      packet<T, N> raw[C];
-#pragma unroll
-      for (int k = 0; k < C; ++k) {
-        const int j = walk.first + k * walk.step;
-        raw[k] = load_packet<N>(row, j, j < length ? length : 0, fill);
-      }
-#pragma unroll
-      for (int k = 0; k < C; ++k) {
-        to_float(raw[k], e[k]);
-#pragma unroll
-        for (int i = 0; i < N; ++i) max = fmaxf(max, e[k][i]);
-      }
-      base = max == negative_infinity ? 0.0f : max;
-#pragma unroll
-      for (int k = 0; k < C; ++k) {
-#pragma unroll
-        for (int i = 0; i < N; ++i) {
-          e[k][i] = __expf(e[k][i] - base);
-          sum += e[k][i];
-        }
-      }
+      exponentiate<false>(load_row_packets(row, length, fill, walk), walk);  // the loads filled the tail
     } else {
       walk(length, [&](int, int j) {
         float v[N];
@@ -89,6 +71,38 @@ struct row_exponentials {
         base = b;
         sum = s;
       });
+    }
+  }
+
+  // From this thread's packets already in registers, whatever they hold past the row's length; cached shapes.
+  __device__ row_exponentials(const row_packets<T, N, C>& raw, int length_, const row_walk<N, Shape::cached>& walk)
+      : row(nullptr), length(length_) {
+    exponentiate<true>(raw, walk);
+  }
+
+  // Masked: keys past the row's length are set to -inf first.
+  template <bool Masked>
+  __device__ __forceinline__ void exponentiate(const row_packets<T, N, C>& raw,
+                                               const row_walk<N, Shape::cached>& walk) {
+#pragma unroll
+    for (int k = 0; k < C; ++k) {
+      to_float(raw.v[k], e[k]);
+      const int j = walk.first + k * walk.step;
+      if (Masked && j + N > length) {
+#pragma unroll
+        for (int i = 0; i < N; ++i) e[k][i] = j + i < length ? e[k][i] : negative_infinity;
+      }
+#pragma unroll
+      for (int i = 0; i < N; ++i) max = fmaxf(max, e[k][i]);
+    }
+    base = max == negative_infinity ? 0.0f : max;
+#pragma unroll
+    for (int k = 0; k < C; ++k) {
+#pragma unroll
+      for (int i = 0; i < N; ++i) {
+        e[k][i] = __expf(e[k][i] - base);
+        sum += e[k][i];
+      }
     }
   }
 
@@ -318,22 +332,16 @@ __global__ void __launch_bounds__(max_threads_per_block)
   });
 }
 
-// dx from the scores x (p recomputed) and dy.
-template <class Shape, class Variant, class Lengths, class T>
-__global__ void __launch_bounds__(max_threads_per_block)
-    softmax_backward_from_scores_kernel(const Variant variant, const Lengths lengths, index_t rows, int cols,
-                                        int threads_per_row, const T* x, index_t x_stride, const T* dy,
-                                        index_t dy_stride, T* dx, index_t dx_stride, index_t ahead) {
+// dx of one row from its exponentials and dy (both held by the threads of `group`); `dx_row` null for a row past
+// the end (its threads still take part in the reductions).
+template <class Shape, class Variant, class T, class Source>
+__device__ __forceinline__ void backward_from_scores_row(const row_group& group,
+                                                         const row_walk<Shape::packet, Shape::cached>& walk,
+                                                         const row_affine& affine, int length, int cols,
+                                                         const row_exponentials<Shape, T>& ex, const Source& dys,
+                                                         T* dx_row, float* max_slots, float* sum_slots,
+                                                         float* dot_slots) {
   constexpr int N = Shape::packet;
-  __shared__ float max_slots[max_warps_per_block], sum_slots[max_warps_per_block], dot_slots[max_warps_per_block];
-  const row_group group(threads_per_row);
-  prefetch_rows_ahead<Shape>(group, ahead, lengths, rows, cols, x, x_stride, dy, dy_stride);
-  const row_walk<N, Shape::cached> walk(group);
-  const int length = clamped_length(lengths, group.row, rows, cols);
-  const row_exponentials<Shape, T> ex(row_pointer(x, x_stride, group.row, rows), length, walk);
-  const row_source<T, N, Shape::cached> dys(row_pointer(dy, dy_stride, group.row, rows), length, from_float<T>(0.0f),
-                                            walk);
-  const row_affine affine = row_affine::from(variant, length);
   const row_softmax softmax = reduce_softmax<Variant>(group, ex, max_slots, sum_slots);
   const probabilities<Shape, T> probability(ex, softmax);
 
@@ -346,8 +354,7 @@ __global__ void __launch_bounds__(max_threads_per_block)
     for (int i = 0; i < N; ++i) dot = fmaf(pv[i], affine.upstream<Variant>(pv[i], dyv[i]), dot);
   });
   dot = group.reduce(dot, plus_op{}, dot_slots);
-  if (group.row >= rows) return;
-  T* dx_row = dx + group.row * dx_stride;
+  if (dx_row == nullptr) return;
   if (softmax.nan) {
     walk(cols, [&](int, int j) { store_nan_packet<N>(dx_row, j, length, cols); });
     return;
@@ -364,6 +371,82 @@ __global__ void __launch_bounds__(max_threads_per_block)
     }
     store_packet<N>(dx_row, j, cols, out);
   });
+}
+
+// dx from the scores x (p recomputed) and dy.
+template <class Shape, class Variant, class Lengths, class T>
+__global__ void __launch_bounds__(max_threads_per_block)
+    softmax_backward_from_scores_kernel(const Variant variant, const Lengths lengths, index_t rows, int cols,
+                                        int threads_per_row, const T* x, index_t x_stride, const T* dy,
+                                        index_t dy_stride, T* dx, index_t dx_stride, index_t ahead) {
+  constexpr int N = Shape::packet;
+  __shared__ float max_slots[max_warps_per_block], sum_slots[max_warps_per_block], dot_slots[max_warps_per_block];
+  const row_group group(threads_per_row);
+  prefetch_rows_ahead<Shape>(group, ahead, lengths, rows, cols, x, x_stride, dy, dy_stride);
+  const row_walk<N, Shape::cached> walk(group);
+  const int length = clamped_length(lengths, group.row, rows, cols);
+  const row_exponentials<Shape, T> ex(row_pointer(x, x_stride, group.row, rows), length, walk);
+  const row_source<T, N, Shape::cached> dys(row_pointer(dy, dy_stride, group.row, rows), length, from_float<T>(0.0f),
+                                            walk);
+  backward_from_scores_row<Shape, Variant>(group, walk, row_affine::from(variant, length), length, cols, ex, dys,
+                                           group.row < rows ? dx + group.row * dx_stride : nullptr, max_slots,
+                                           sum_slots, dot_slots);
+}
+
+// The same for long rows of 16-bit types, a block a row: a grid of one wave walks the rows (block b: rows b,
+// b + gridDim.x, ...), and as soon as a thread has read its packets of a row it copies those of the block's next
+// row into its slots in shared memory (cp.async), so the next row streams in from DRAM while this one sits in its
+// three block reductions (with a block a row and 2 blocks an SM, nothing else covered them: 86-88% of a copy).
+// No barrier guards the slots: each thread reads only the slots it filled. Dynamic shared memory: 2 inputs ×
+// Cached packets × blockDim.x.
+template <class Shape, class Variant, class Lengths, class T>
+__global__ void __launch_bounds__(max_threads_per_block, 2)
+    softmax_backward_from_scores_staged_kernel(const Variant variant, const Lengths lengths, index_t rows, int cols,
+                                               const T* x, index_t x_stride, const T* dy, index_t dy_stride, T* dx,
+                                               index_t dx_stride) {
+  constexpr int N = Shape::packet, C = Shape::cached;
+  static_assert(C > 0 && N * sizeof(T) == 16, "the staged kernel copies whole 16-byte packets of cached rows");
+  extern __shared__ uint4 staged[];  // slot (input i, packet k) of thread t at (i·C + k)·blockDim.x + t
+  __shared__ float max_slots[max_warps_per_block], sum_slots[max_warps_per_block], dot_slots[max_warps_per_block];
+  const row_group group(static_cast<int>(blockDim.x));  // its `row` is unused: the loop below names the rows
+  const row_walk<N, C> walk(group);
+  const auto slot = [&](int input, int k) -> uint4& { return staged[(input * C + k) * blockDim.x + threadIdx.x]; };
+  const auto stage = [&](index_t row) {
+    const int length = clamped_length(lengths, row, rows, cols);  // 0 past the end: nothing copied
+#pragma unroll
+    for (int k = 0; k < C; ++k) {
+      const int j = walk.first + k * walk.step;
+      if (j < length) {
+        const std::size_t missing = sizeof(T) * static_cast<std::size_t>(N - min(N, length - j));  // zero-filled
+        __pipeline_memcpy_async(&slot(0, k), x + row * x_stride + j, 16, missing);
+        __pipeline_memcpy_async(&slot(1, k), dy + row * dy_stride + j, 16, missing);
+      }
+    }
+    __pipeline_commit();
+  };
+  // This thread's packets of the row from its slots: zero-filled past the row's length (the keys' -inf is set in
+  // fp32 by row_exponentials: element-wise selects on 16-bit packets cost registers).
+  const auto take = [&](int input, int length) {
+    row_packets<T, N, C> out;
+#pragma unroll
+    for (int k = 0; k < C; ++k) {
+      const uint4 bits = walk.first + k * walk.step < length ? slot(input, k) : make_uint4(0, 0, 0, 0);
+      memcpy(&out.v[k], &bits, sizeof bits);
+    }
+    return out;
+  };
+  stage(blockIdx.x);
+#pragma unroll 1
+  for (index_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const int length = clamped_length(lengths, row, rows, cols);
+    const row_affine affine = row_affine::from(variant, length);  // before the wait, which covers it
+    __pipeline_wait_prior(0);
+    const row_exponentials<Shape, T> ex(take(0, length), length, walk);
+    const row_source<T, N, C> dys(take(1, length), length);
+    stage(row + gridDim.x);  // after this thread's reads of its slots
+    backward_from_scores_row<Shape, Variant>(group, walk, affine, length, cols, ex, dys, dx + row * dx_stride,
+                                             max_slots, sum_slots, dot_slots);
+  }
 }
 
 }  // namespace qsafe::detail::cuda
