@@ -115,6 +115,47 @@ void sweep_shape(const char* dtype, std::size_t elements, int repeats, long cols
       dtype, cols, Cached * packet, threads, fa.numRegs, ba.numRegs, 2 * bytes / fwd * 1e-9, 3 * bytes / bwd * 1e-9);
 }
 
+// --sweep, 16-bit types: the backward from scores of rows that take a block of max_threads_per_row, by the plain
+// kernel and by the staged one (which the dispatcher runs for some variants: softmax_tuning), for each variant.
+template <class T, class Variant>
+void sweep_staged(const char* dtype, const char* name, const Variant& variant, std::size_t elements, int repeats,
+                  long cols) {
+  namespace dc = qsafe::detail::cuda;
+  constexpr int packet = 16 / static_cast<int>(sizeof(T));
+  constexpr int cached = dc::softmax_tuning::backward_from_scores_cached_elements<T> / packet;
+  using shape = dc::softmax_shape<packet, cached>;
+  const long rows = static_cast<long>(elements) / cols;
+  const int threads = dc::power_of_two_at_least((cols + packet * cached - 1) / (packet * cached), 4, 512);
+  buffer<T> x(elements), dy(elements), dx(elements);
+  qsafe::bench::fill_sum_of_uniforms<<<1024, 256>>>(x.data, elements, 1u, 3.0f);
+  qsafe::bench::fill_sum_of_uniforms<<<1024, 256>>>(dy.data, elements, 2u, 1.0f);
+  const dc::launch_geometry g = dc::geometry("sweep", rows, threads);
+  const qsafe::full_rows mode{};
+  const auto staged = dc::softmax_backward_from_scores_staged_kernel<shape, Variant, qsafe::full_rows, T>;
+  const std::size_t shared_bytes = 2 * cached * sizeof(uint4) * static_cast<std::size_t>(threads);
+  const unsigned wave = dc::one_wave("sweep", staged, threads, shared_bytes, g.grid);
+  cudaFuncAttributes pa{}, sa{};
+  check(cudaFuncGetAttributes(&pa, dc::softmax_backward_from_scores_kernel<shape, Variant, qsafe::full_rows, T>),
+        "cudaFuncGetAttributes");
+  check(cudaFuncGetAttributes(&sa, staged), "cudaFuncGetAttributes");
+  const qsafe::index_t ahead = dc::rows_ahead<T>(dc::softmax_tuning::backward_from_scores_prefetch_bytes<T>, cols);
+  const double plain_ms = median_ms(repeats, [&] {
+    dc::softmax_backward_from_scores_kernel<shape><<<g.grid, dc::block_of(g)>>>(
+        variant, mode, rows, static_cast<int>(cols), threads, x.data, cols, dy.data, cols, dx.data, cols, ahead);
+  });
+  const double staged_ms = median_ms(repeats, [&] {
+    staged<<<wave, threads, shared_bytes>>>(variant, mode, rows, static_cast<int>(cols), x.data, cols, dy.data, cols,
+                                            dx.data, cols);
+  });
+  check(cudaGetLastError(), "sweep launch");
+  const double bytes = 3.0 * static_cast<double>(rows * cols) * sizeof(T);
+  std::printf(
+      "sweep %-8s T=%5ld backward_from_scores %-8s threads_per_row=%3d plain (regs %3d, stack %4zu) %6.3f TB/s  "
+      "staged (regs %3d, stack %4zu, %u blocks) %6.3f TB/s\n",
+      dtype, cols, name, threads, pa.numRegs, pa.localSizeBytes, bytes / plain_ms * 1e-9, sa.numRegs, sa.localSizeBytes,
+      wave, bytes / staged_ms * 1e-9);
+}
+
 template <class T>
 void sweep(const char* dtype, std::size_t elements, int repeats) {
   constexpr int packet = 16 / static_cast<int>(sizeof(T));
@@ -123,6 +164,13 @@ void sweep(const char* dtype, std::size_t elements, int repeats) {
     sweep_shape<T, 32 / packet>(dtype, elements, repeats, cols, 0);
     sweep_shape<T, 64 / packet>(dtype, elements, repeats, cols, 0);
     for (const int t : {128, 256, 512}) sweep_shape<T, 0>(dtype, elements, repeats, cols, t);
+  }
+  if constexpr (sizeof(T) == 2) {
+    for (const long cols : {4104L, 8192L}) {
+      sweep_staged<T>(dtype, "vanilla", qsafe::vanilla_softmax{}, elements, repeats, cols);
+      sweep_staged<T>(dtype, "CS", qsafe::clipped_softmax::from_alpha(3.2, 128), elements, repeats, cols);
+      sweep_staged<T>(dtype, "NCS", qsafe::normalized_clipped_softmax::from_alpha(3.2, 128), elements, repeats, cols);
+    }
   }
 }
 
