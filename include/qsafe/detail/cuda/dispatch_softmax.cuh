@@ -64,6 +64,7 @@ struct softmax_tuning {
   // and the variants it runs. H100, bench_cuda_softmax --repeats 15, bf16 T = 8192, TB/s plain -> staged
   // (2026-11-26): vanilla 2.52 -> 2.70, clipped 2.22 -> 2.33, NCS 2.18 -> 2.02 (its per-row affine, a double
   // division, then spilled and stalled each row), so NCS keeps the plain kernel. T = 2048 (128 threads): not staged.
+  // `bench_cuda_softmax --sweep` (scripts/gpu-check --steps build,sweep) times both kernels for each variant.
   template <class T>
   static constexpr int backward_from_scores_staged_threads = sizeof(T) == 2 ? 512 : INT_MAX;
   template <class Variant>
