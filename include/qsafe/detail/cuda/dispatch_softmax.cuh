@@ -17,7 +17,6 @@
 #include <bit>
 #include <climits>
 #include <cstdint>
-#include <cstdlib>
 #include <string>
 #include <string_view>
 #include <type_traits>
