@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "qsafe/cuda/execution.cuh"
-#include "qsafe/detail/cuda/dispatch_softmax.cuh"  // aligned_16
+#include "qsafe/detail/cuda/dispatch_softmax.cuh"  // all_aligned_16, all_contiguous
 #include "qsafe/detail/cuda/kernels/quant.cuh"
 #include "qsafe/quant.hpp"
 
@@ -71,8 +71,8 @@ template <class Params, class T>
 void fake_quantize(cudaStream_t stream, const Params& p, matrix_view<const T> x, matrix_view<T> y,
                    const fake_quant_options& options) {
   constexpr bool per_tensor = std::is_same_v<Params, tensor_params>;
-  const bool contiguous = per_tensor && (x.rows <= 1 || (x.row_stride == x.cols && y.row_stride == y.cols));
-  const bool aligned = aligned_16(x.data, x.row_stride, x.rows) && aligned_16(y.data, y.row_stride, y.rows);
+  const bool contiguous = per_tensor && all_contiguous(x, y);
+  const bool aligned = all_aligned_16(x, y);
   with_rounding(options, options.index_offset, [&](const auto& rounding) {
     using Rounding = std::decay_t<decltype(rounding)>;
     launch_elementwise<T, fake_quantize_kernel_of<Params, Rounding, T>::template at>(
@@ -87,10 +87,8 @@ template <class Params, class T>
 void fake_quantize_backward(cudaStream_t stream, const Params& p, matrix_view<const T> x, matrix_view<const T> dy,
                             matrix_view<T> dx, const fake_quant_options& options) {
   constexpr bool per_tensor = std::is_same_v<Params, tensor_params>;
-  const bool contiguous =
-      per_tensor && (x.rows <= 1 || (x.row_stride == x.cols && dy.row_stride == dy.cols && dx.row_stride == dx.cols));
-  const bool aligned = aligned_16(x.data, x.row_stride, x.rows) && aligned_16(dy.data, dy.row_stride, dy.rows) &&
-                       aligned_16(dx.data, dx.row_stride, dx.rows);
+  const bool contiguous = per_tensor && all_contiguous(x, dy, dx);
+  const bool aligned = all_aligned_16(x, dy, dx);
   with_rounding_and_mask(options, options.index_offset, [&](const auto& rounding, const auto& mask) {
     using Rounding = std::decay_t<decltype(rounding)>;
     using Mask = std::decay_t<decltype(mask)>;
@@ -103,28 +101,28 @@ void fake_quantize_backward(cudaStream_t stream, const Params& p, matrix_view<co
   });
 }
 
-// Per-channel parameters on the device for one launch, converted to fp32 lanes. With a workspace: staged in its
-// pinned memory and copied into its device memory, asynchronously (the workspace is used on one stream, so the next
-// call's copy is ordered after this launch). Without one: copied from pageable memory into memory allocated on the
-// stream (the copy first waits for the work queued on the stream; the allocation is freed stream-ordered).
+// Per-channel parameters on the device for one launch, in the kernels' fp32 form (code_params). With a workspace:
+// staged in its pinned memory and copied into its device memory, asynchronously (the workspace is used on one stream,
+// so the next call's copy is ordered after this launch). Without one: copied from pageable memory into memory allocated
+// on the stream (the copy first waits for the work queued on the stream; the allocation is freed stream-ordered).
 class device_channel_params {
  public:
   device_channel_params(std::string_view function, const cuda_t& policy, std::span<const quant_params> params)
       : stream_(policy.stream) {
     const std::size_t bytes = params.size() * sizeof(code_params);
-    code_params* lanes = nullptr;
+    code_params* staging = nullptr;  // host memory the copy reads
     std::vector<code_params> pageable;
     if (policy.workspace != nullptr) {
-      lanes = static_cast<code_params*>(policy.workspace->host(bytes));
+      staging = static_cast<code_params*>(policy.workspace->host(bytes));
       data_ = static_cast<code_params*>(policy.workspace->device(bytes));
     } else {
       pageable.resize(params.size());
-      lanes = pageable.data();
+      staging = pageable.data();
       check(cudaMallocAsync(&data_, bytes, stream_), function, "cudaMallocAsync(params)");
       owned_ = true;
     }
-    for (std::size_t c = 0; c < params.size(); ++c) lanes[c] = to_code_params(to_lanes<float>(params[c]));
-    const cudaError_t copied = cudaMemcpyAsync(data_, lanes, bytes, cudaMemcpyHostToDevice, stream_);
+    for (std::size_t c = 0; c < params.size(); ++c) staging[c] = to_code_params(to_lanes<float>(params[c]));
+    const cudaError_t copied = cudaMemcpyAsync(data_, staging, bytes, cudaMemcpyHostToDevice, stream_);
     if (copied != cudaSuccess && owned_) cudaFreeAsync(data_, stream_);  // no destructor runs after a throw here
     check(copied, function, "cudaMemcpyAsync(params)");
     if (policy.workspace != nullptr) policy.workspace->uploaded(stream_);

@@ -102,6 +102,18 @@ bool aligned_16(const T* data, index_t row_stride, index_t rows) {
          (rows <= 1 || (static_cast<std::size_t>(row_stride) * sizeof(T)) % 16 == 0);
 }
 
+// Every view's rows start 16-byte aligned: the packet kernels' condition.
+template <class... Views>
+bool all_aligned_16(const Views&... views) {
+  return (aligned_16(views.data, views.row_stride, views.rows) && ...);
+}
+
+// Every view's rows lie back to back (views of one shape): a contiguous matrix can be walked as one row.
+template <class... Views>
+bool all_contiguous(const Views&... views) {
+  return ((views.rows <= 1 || views.row_stride == views.cols) && ...);
+}
+
 // Calls launch(shape, geometry) with the shape for these rows (CachedElements per thread when the row fits);
 // checks the launch.
 template <class T, int CachedElements, class Launch>
@@ -137,8 +149,7 @@ inline dim3 block_of(const launch_geometry& g) {
 template <class Variant, class Lengths, class T>
 void softmax_forward(cudaStream_t stream, const Variant& variant, const Lengths& lengths, matrix_view<const T> x,
                      matrix_view<T> y, T* p, index_t p_stride) {
-  const bool aligned = aligned_16(x.data, x.row_stride, x.rows) && aligned_16(y.data, y.row_stride, y.rows) &&
-                       (p == nullptr || aligned_16(p, p_stride, x.rows));
+  const bool aligned = all_aligned_16(x, y) && (p == nullptr || aligned_16(p, p_stride, x.rows));
   launch_rows<T, softmax_tuning::forward_cached_elements<T>>(
       "softmax_forward", x.rows, x.cols, aligned, [&](auto shape, const launch_geometry& g) {
         softmax_forward_kernel<decltype(shape)><<<g.grid, block_of(g), 0, stream>>>(
@@ -150,8 +161,7 @@ void softmax_forward(cudaStream_t stream, const Variant& variant, const Lengths&
 template <class Variant, class Lengths, class T>
 void softmax_backward(cudaStream_t stream, const Variant& variant, const Lengths& lengths, matrix_view<const T> p,
                       matrix_view<const T> dy, matrix_view<T> dx) {
-  const bool aligned = aligned_16(p.data, p.row_stride, p.rows) && aligned_16(dy.data, dy.row_stride, dy.rows) &&
-                       aligned_16(dx.data, dx.row_stride, dx.rows);
+  const bool aligned = all_aligned_16(p, dy, dx);
   launch_rows<T, softmax_tuning::backward_cached_elements<T>>(
       "softmax_backward", p.rows, p.cols, aligned, [&](auto shape, const launch_geometry& g) {
         softmax_backward_kernel<decltype(shape)><<<g.grid, block_of(g), 0, stream>>>(
@@ -176,8 +186,7 @@ unsigned one_wave(std::string_view function, Kernel kernel, int threads, std::si
 template <class Variant, class Lengths, class T>
 void softmax_backward_from_scores(cudaStream_t stream, const Variant& variant, const Lengths& lengths,
                                   matrix_view<const T> x, matrix_view<const T> dy, matrix_view<T> dx) {
-  const bool aligned = aligned_16(x.data, x.row_stride, x.rows) && aligned_16(dy.data, dy.row_stride, dy.rows) &&
-                       aligned_16(dx.data, dx.row_stride, dx.rows);
+  const bool aligned = all_aligned_16(x, dy, dx);
   launch_rows<T, softmax_tuning::backward_from_scores_cached_elements<T>>(
       "softmax_backward_from_scores", x.rows, x.cols, aligned, [&](auto shape, const launch_geometry& g) {
         using Shape = decltype(shape);
