@@ -132,7 +132,7 @@ void sweep_staged(const char* dtype, const char* name, const Variant& variant, s
   const dc::launch_geometry g = dc::geometry("sweep", rows, threads);
   const qsafe::full_rows mode{};
   const auto staged = dc::softmax_backward_from_scores_staged_kernel<shape, Variant, qsafe::full_rows, T>;
-  const std::size_t shared_bytes = 2 * cached * sizeof(uint4) * static_cast<std::size_t>(threads);
+  const std::size_t shared_bytes = dc::staged_shared_bytes<shape>(threads);
   const unsigned wave = dc::one_wave("sweep", staged, threads, shared_bytes, g.grid);
   cudaFuncAttributes pa{}, sa{};
   check(cudaFuncGetAttributes(&pa, dc::softmax_backward_from_scores_kernel<shape, Variant, qsafe::full_rows, T>),

@@ -197,8 +197,7 @@ void softmax_backward_from_scores(cudaStream_t stream, const Variant& variant, c
             const auto kernel =
                 softmax_backward_from_scores_staged_kernel<Shape, Variant, std::decay_t<decltype(device_form(lengths))>,
                                                            T>;
-            const std::size_t shared_bytes =
-                2 * Shape::cached * sizeof(uint4) * static_cast<std::size_t>(g.threads_per_row);
+            const std::size_t shared_bytes = staged_shared_bytes<Shape>(g.threads_per_row);
             kernel<<<one_wave("softmax_backward_from_scores", kernel, g.threads_per_row, shared_bytes, g.grid),
                      g.threads_per_row, shared_bytes, stream>>>(variant, device_form(lengths), x.rows,
                                                                 static_cast<int>(x.cols), x.data, x.row_stride, dy.data,

@@ -393,12 +393,18 @@ __global__ void __launch_bounds__(max_threads_per_block)
                                            sum_slots, dot_slots);
 }
 
-// The same for long rows of 16-bit types, a block a row: a grid of one wave walks the rows (block b: rows b,
-// b + gridDim.x, ...), and as soon as a thread has read its packets of a row it copies those of the block's next
-// row into its slots in shared memory (cp.async), so the next row streams in from DRAM while this one sits in its
-// three block reductions (with a block a row and 2 blocks an SM, nothing else covered them: 86-88% of a copy).
-// No barrier guards the slots: each thread reads only the slots it filled. Dynamic shared memory: 2 inputs ×
-// Cached packets × blockDim.x.
+// Dynamic shared memory of the staged kernel below for blocks of `threads`: its slots.
+template <class Shape>
+constexpr std::size_t staged_shared_bytes(int threads) {
+  return 2 * Shape::cached * sizeof(uint4) * static_cast<std::size_t>(threads);  // 2 inputs × Cached packets a thread
+}
+
+// softmax_backward_from_scores_kernel for long rows of 16-bit types, a block a row: a grid of one wave walks the
+// rows (block b: rows b, b + gridDim.x, ...), and as soon as a thread has read its packets of a row it copies those
+// of the block's next row into its slots in shared memory (cp.async), so the next row streams in from DRAM while
+// this one sits in its three block reductions (with a block a row and 2 blocks an SM, nothing else covered them:
+// 86-88% of a copy). No barrier guards the slots: each thread reads only the slots it filled. Dynamic shared
+// memory: staged_shared_bytes<Shape>(blockDim.x).
 template <class Shape, class Variant, class Lengths, class T>
 __global__ void __launch_bounds__(max_threads_per_block, 2)
     softmax_backward_from_scores_staged_kernel(const Variant variant, const Lengths lengths, index_t rows, int cols,
