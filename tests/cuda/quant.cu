@@ -61,6 +61,25 @@ void fake_quantize_both(const std::vector<quant_params>& params, std::optional<c
   }
 }
 
+// Requires the GPU's y and dx to equal the CPU's wy (rounded to T) and wdx (dy or 0: exact in T) bit for bit at
+// every element of the view; returns the elements checked. The message and assertions are built only on a mismatch:
+// for every element they cost more than the kernels.
+template <class T>
+index_t require_same_bits(const test_matrix<T>& x, const test_matrix<T>& y, const test_matrix<T>& dx,
+                          matrix_view<float> wy, matrix_view<float> wdx) {
+  for (index_t r = 0; r < x.shape.rows; ++r) {
+    for (index_t c = 0; c < x.shape.cols; ++c) {
+      if (!(same_bits(y(r, c), round_to<T>(wy(r, c))) && same_bits(dx(r, c), wdx(r, c)))) {
+        INFO("row " << r << ", col " << c << ": x " << x(r, c) << ", y " << y(r, c) << " want " << round_to<T>(wy(r, c))
+                    << ", dx " << dx(r, c) << " want " << wdx(r, c));
+        REQUIRE(same_bits(y(r, c), round_to<T>(wy(r, c))));
+        REQUIRE(same_bits(dx(r, c), wdx(r, c)));
+      }
+    }
+  }
+  return x.shape.rows * x.shape.cols;
+}
+
 }  // namespace
 
 TEMPLATE_TEST_CASE("CUDA fake_quantize and its backward equal the CPU reference bit for bit", "[cuda][quant]",
@@ -92,18 +111,7 @@ TEMPLATE_TEST_CASE("CUDA fake_quantize and its backward equal the CPU reference 
           wdx(want_dx.data(), s.rows, s.cols, s.stride);
       fake_quantize(cpu, x.host_view(), params, wy);
       fake_quantize_backward(cpu, x.host_view(), params, dy.host_view(), wdx);
-      for (index_t r = 0; r < s.rows; ++r) {
-        for (index_t c = 0; c < s.cols; ++c) {
-          // The message and assertions only on a mismatch (for every element they cost more than the kernels).
-          if (!(same_bits(y(r, c), round_to<T>(wy(r, c))) && same_bits(dx(r, c), wdx(r, c)))) {
-            INFO("row " << r << ", col " << c << ": x " << x(r, c) << ", y " << y(r, c) << " want "
-                        << round_to<T>(wy(r, c)) << ", dx " << dx(r, c) << " want " << wdx(r, c));
-            REQUIRE(same_bits(y(r, c), round_to<T>(wy(r, c))));
-            REQUIRE(same_bits(dx(r, c), wdx(r, c)));  // dy or 0: exact in T
-          }
-          ++checked;
-        }
-      }
+      checked += require_same_bits(x, y, dx, wy, wdx);
     }
   }
   CHECK(checked > 1000);
@@ -168,17 +176,7 @@ TEMPLATE_TEST_CASE("CUDA per-channel fake_quantize and its backward equal the CP
           wdx(want_dx.data(), s.rows, s.cols, s.stride);
       fake_quantize(cpu, x.host_view(), std::span<const quant_params>(params), axis, wy);
       fake_quantize_backward(cpu, x.host_view(), std::span<const quant_params>(params), axis, dy.host_view(), wdx);
-      for (index_t r = 0; r < s.rows; ++r) {
-        for (index_t c = 0; c < s.cols; ++c) {
-          if (!(same_bits(y(r, c), round_to<T>(wy(r, c))) && same_bits(dx(r, c), wdx(r, c)))) {
-            INFO("row " << r << ", col " << c << ": x " << x(r, c) << ", y " << y(r, c) << " want "
-                        << round_to<T>(wy(r, c)));
-            REQUIRE(same_bits(y(r, c), round_to<T>(wy(r, c))));
-            REQUIRE(same_bits(dx(r, c), wdx(r, c)));
-          }
-          ++checked;
-        }
-      }
+      checked += require_same_bits(x, y, dx, wy, wdx);
     }
   }
   CHECK(checked > 1000);
@@ -367,17 +365,7 @@ TEMPLATE_TEST_CASE(
         check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
         REQUIRE(y.download());
         REQUIRE(dx.download());
-        for (index_t r = 0; r < s.rows; ++r) {
-          for (index_t c = 0; c < s.cols; ++c) {
-            if (!(same_bits(y(r, c), round_to<T>(wy(r, c))) && same_bits(dx(r, c), wdx(r, c)))) {
-              INFO("row " << r << ", col " << c << ": x " << x(r, c) << ", y " << y(r, c) << " want "
-                          << round_to<T>(wy(r, c)) << ", dx " << dx(r, c) << " want " << wdx(r, c));
-              REQUIRE(same_bits(y(r, c), round_to<T>(wy(r, c))));
-              REQUIRE(same_bits(dx(r, c), wdx(r, c)));
-            }
-            ++checked;
-          }
-        }
+        checked += require_same_bits(x, y, dx, wy, wdx);
       }
     }
   }
