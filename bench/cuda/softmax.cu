@@ -116,10 +116,11 @@ void sweep_shape(const char* dtype, std::size_t elements, int repeats, long cols
 }
 
 // --sweep, 16-bit types: the backward from scores of rows that take a block of max_threads_per_row, by the plain
-// kernel and by the staged one (which the dispatcher runs for some variants: softmax_tuning), for each variant.
-template <class T, class Variant>
+// kernel and by the staged one (which the dispatcher runs: softmax_tuning), for each variant, on
+// full rows or causal ones (`mode`; TB/s counts the bytes of full rows either way).
+template <class T, class Variant, class Mode = qsafe::full_rows>
 void sweep_staged(const char* dtype, const char* name, const Variant& variant, std::size_t elements, int repeats,
-                  long cols) {
+                  long cols, const Mode& mode = {}) {
   namespace dc = qsafe::detail::cuda;
   constexpr int packet = 16 / static_cast<int>(sizeof(T));
   constexpr int cached = dc::softmax_tuning::backward_from_scores_cached_elements<T> / packet;
@@ -130,12 +131,11 @@ void sweep_staged(const char* dtype, const char* name, const Variant& variant, s
   qsafe::bench::fill_sum_of_uniforms<<<1024, 256>>>(x.data, elements, 1u, 3.0f);
   qsafe::bench::fill_sum_of_uniforms<<<1024, 256>>>(dy.data, elements, 2u, 1.0f);
   const dc::launch_geometry g = dc::geometry("sweep", rows, threads);
-  const qsafe::full_rows mode{};
-  const auto staged = dc::softmax_backward_from_scores_staged_kernel<shape, Variant, qsafe::full_rows, T>;
+  const auto staged = dc::softmax_backward_from_scores_staged_kernel<shape, Variant, Mode, T>;
   const std::size_t shared_bytes = dc::staged_shared_bytes<shape>(threads);
   const unsigned wave = dc::one_wave("sweep", staged, threads, shared_bytes, g.grid);
   cudaFuncAttributes pa{}, sa{};
-  check(cudaFuncGetAttributes(&pa, dc::softmax_backward_from_scores_kernel<shape, Variant, qsafe::full_rows, T>),
+  check(cudaFuncGetAttributes(&pa, dc::softmax_backward_from_scores_kernel<shape, Variant, Mode, T>),
         "cudaFuncGetAttributes");
   check(cudaFuncGetAttributes(&sa, staged), "cudaFuncGetAttributes");
   const qsafe::index_t ahead = dc::rows_ahead<T>(dc::softmax_tuning::backward_from_scores_prefetch_bytes<T>, cols);
@@ -150,7 +150,7 @@ void sweep_staged(const char* dtype, const char* name, const Variant& variant, s
   check(cudaGetLastError(), "sweep launch");
   const double bytes = 3.0 * static_cast<double>(rows * cols) * sizeof(T);
   std::printf(
-      "sweep %-8s T=%5ld backward_from_scores %-8s threads_per_row=%3d plain (regs %3d, stack %4zu) %6.3f TB/s  "
+      "sweep %-8s T=%5ld backward_from_scores %-10s threads_per_row=%3d plain (regs %3d, stack %4zu) %6.3f TB/s  "
       "staged (regs %3d, stack %4zu, %u blocks) %6.3f TB/s\n",
       dtype, cols, name, threads, pa.numRegs, pa.localSizeBytes, bytes / plain_ms * 1e-9, sa.numRegs, sa.localSizeBytes,
       wave, bytes / staged_ms * 1e-9);
@@ -170,6 +170,8 @@ void sweep(const char* dtype, std::size_t elements, int repeats) {
       sweep_staged<T>(dtype, "vanilla", qsafe::vanilla_softmax{}, elements, repeats, cols);
       sweep_staged<T>(dtype, "CS", qsafe::clipped_softmax::from_alpha(3.2, 128), elements, repeats, cols);
       sweep_staged<T>(dtype, "NCS", qsafe::normalized_clipped_softmax::from_alpha(3.2, 128), elements, repeats, cols);
+      sweep_staged<T>(dtype, "NCS_causal", qsafe::normalized_clipped_softmax::from_alpha(3.2, 128), elements, repeats,
+                      cols, qsafe::causal_rows{cols, 0});
     }
   }
 }

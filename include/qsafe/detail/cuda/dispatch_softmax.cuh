@@ -59,15 +59,12 @@ struct softmax_tuning {
   template <class T>
   static constexpr double backward_from_scores_prefetch_bytes = sizeof(T) == 2 ? 3 << 20 : 0;
   // Threads per row (a block a row) from which the 16-bit backward from scores runs the staged kernel, which copies
-  // a block's next row into shared memory while the current one reduces (softmax_backward_from_scores_staged_kernel),
-  // and the variants it runs. H100, bench_cuda_softmax --repeats 15, bf16 T = 8192, TB/s plain -> staged
-  // (2026-11-26): vanilla 2.52 -> 2.70, clipped 2.22 -> 2.33, NCS 2.18 -> 2.02 (its per-row affine, a double
-  // division, then spilled and stalled each row), so NCS keeps the plain kernel. T = 2048 (128 threads): not staged.
-  // `bench_cuda_softmax --sweep` (scripts/gpu-check --steps build,sweep) times both kernels for each variant.
+  // a block's next row into shared memory while the current one reduces (softmax_backward_from_scores_staged_kernel).
+  // H100, bench_cuda_softmax --sweep, bf16 T = 8192, TB/s plain -> staged (2026-11-26): vanilla 2.47 -> 2.71,
+  // clipped 2.18 -> 2.29, NCS 2.13 -> 2.22 (its affine computed once per distinct length), NCS causal (a length,
+  // so a double division, each row) 2.07 -> 2.06. T = 2048 (128 threads): not staged.
   template <class T>
   static constexpr int backward_from_scores_staged_threads = sizeof(T) == 2 ? 512 : INT_MAX;
-  template <class Variant>
-  static constexpr bool backward_from_scores_staged_variant = !std::is_same_v<Variant, normalized_clipped_softmax>;
   // Threads per block when several short rows share a block: 256 gives 8 blocks (2048 threads) per SM.
   static constexpr int block_threads = 256;
   static constexpr int min_threads_per_row = 4;
@@ -146,6 +143,16 @@ inline dim3 block_of(const launch_geometry& g) {
   return dim3(static_cast<unsigned>(g.threads_per_row * g.rows_per_block));
 }
 
+// The variant the kernels run. NCS on full rows has one gamma, gamma_for(cols), for every row: it runs as the
+// clipped softmax with that gamma (the same doubles, so the same results), sparing each row NCS's double division.
+template <class Variant, class Lengths>
+const Variant& kernel_variant(const Variant& variant, const Lengths&, index_t) {
+  return variant;
+}
+inline clipped_softmax kernel_variant(const normalized_clipped_softmax& variant, const full_rows&, index_t cols) {
+  return {variant.zeta, variant.gamma_for(cols)};
+}
+
 template <class Variant, class Lengths, class T>
 void softmax_forward(cudaStream_t stream, const Variant& variant, const Lengths& lengths, matrix_view<const T> x,
                      matrix_view<T> y, T* p, index_t p_stride) {
@@ -153,8 +160,9 @@ void softmax_forward(cudaStream_t stream, const Variant& variant, const Lengths&
   launch_rows<T, softmax_tuning::forward_cached_elements<T>>(
       "softmax_forward", x.rows, x.cols, aligned, [&](auto shape, const launch_geometry& g) {
         softmax_forward_kernel<decltype(shape)><<<g.grid, block_of(g), 0, stream>>>(
-            variant, device_form(lengths), x.rows, static_cast<int>(x.cols), g.threads_per_row, x.data, x.row_stride,
-            y.data, y.row_stride, p, p_stride, rows_ahead<T>(softmax_tuning::forward_prefetch_bytes<T>, x.cols));
+            kernel_variant(variant, lengths, x.cols), device_form(lengths), x.rows, static_cast<int>(x.cols),
+            g.threads_per_row, x.data, x.row_stride, y.data, y.row_stride, p, p_stride,
+            rows_ahead<T>(softmax_tuning::forward_prefetch_bytes<T>, x.cols));
       });
 }
 
@@ -165,8 +173,8 @@ void softmax_backward(cudaStream_t stream, const Variant& variant, const Lengths
   launch_rows<T, softmax_tuning::backward_cached_elements<T>>(
       "softmax_backward", p.rows, p.cols, aligned, [&](auto shape, const launch_geometry& g) {
         softmax_backward_kernel<decltype(shape)><<<g.grid, block_of(g), 0, stream>>>(
-            variant, device_form(lengths), p.rows, static_cast<int>(p.cols), g.threads_per_row, p.data, p.row_stride,
-            dy.data, dy.row_stride, dx.data, dx.row_stride,
+            kernel_variant(variant, lengths, p.cols), device_form(lengths), p.rows, static_cast<int>(p.cols),
+            g.threads_per_row, p.data, p.row_stride, dy.data, dy.row_stride, dx.data, dx.row_stride,
             rows_ahead<T>(softmax_tuning::backward_prefetch_bytes<T>, p.cols));
       });
 }
@@ -187,26 +195,27 @@ template <class Variant, class Lengths, class T>
 void softmax_backward_from_scores(cudaStream_t stream, const Variant& variant, const Lengths& lengths,
                                   matrix_view<const T> x, matrix_view<const T> dy, matrix_view<T> dx) {
   const bool aligned = all_aligned_16(x, dy, dx);
+  const auto& kernel_var = kernel_variant(variant, lengths, x.cols);
+  using KernelVariant = std::decay_t<decltype(kernel_var)>;
   launch_rows<T, softmax_tuning::backward_from_scores_cached_elements<T>>(
       "softmax_backward_from_scores", x.rows, x.cols, aligned, [&](auto shape, const launch_geometry& g) {
         using Shape = decltype(shape);
         if constexpr (Shape::cached > 0 && Shape::packet * sizeof(T) == 16 &&
-                      softmax_tuning::backward_from_scores_staged_threads<T> != INT_MAX &&
-                      softmax_tuning::backward_from_scores_staged_variant<Variant>) {
+                      softmax_tuning::backward_from_scores_staged_threads<T> != INT_MAX) {
           if (g.threads_per_row >= softmax_tuning::backward_from_scores_staged_threads<T> && g.rows_per_block == 1) {
             const auto kernel =
-                softmax_backward_from_scores_staged_kernel<Shape, Variant, std::decay_t<decltype(device_form(lengths))>,
-                                                           T>;
+                softmax_backward_from_scores_staged_kernel<Shape, KernelVariant,
+                                                           std::decay_t<decltype(device_form(lengths))>, T>;
             const std::size_t shared_bytes = staged_shared_bytes<Shape>(g.threads_per_row);
             kernel<<<one_wave("softmax_backward_from_scores", kernel, g.threads_per_row, shared_bytes, g.grid),
-                     g.threads_per_row, shared_bytes, stream>>>(variant, device_form(lengths), x.rows,
+                     g.threads_per_row, shared_bytes, stream>>>(kernel_var, device_form(lengths), x.rows,
                                                                 static_cast<int>(x.cols), x.data, x.row_stride, dy.data,
                                                                 dy.row_stride, dx.data, dx.row_stride);
             return;
           }
         }
         softmax_backward_from_scores_kernel<decltype(shape)><<<g.grid, block_of(g), 0, stream>>>(
-            variant, device_form(lengths), x.rows, static_cast<int>(x.cols), g.threads_per_row, x.data, x.row_stride,
+            kernel_var, device_form(lengths), x.rows, static_cast<int>(x.cols), g.threads_per_row, x.data, x.row_stride,
             dy.data, dy.row_stride, dx.data, dx.row_stride,
             rows_ahead<T>(softmax_tuning::backward_from_scores_prefetch_bytes<T>, x.cols));
       });

@@ -182,15 +182,26 @@ struct row_affine {
   }
   // clip(v, 0, 1) (NaN rows are written separately: __saturatef maps NaN to 0).
   __device__ __forceinline__ float clipped(float p) const { return __saturatef(fmaf(scale, p, shift)); }
-  // g = (zeta - gamma)·[0 <= v <= 1]·dy: the gradient reaching p through the (clipped) affine map.
+  // The gradient reaching p through the (clipped) affine map is g = (zeta - gamma)·h with h = [0 <= v <= 1]·dy
+  // (g = dy without a clip). The scale is applied once to the row's dot and inside dx, not to each term of the dot.
   template <class Variant>
-  __device__ __forceinline__ float upstream(float p, float dy) const {
+  __device__ __forceinline__ float gated(float p, float dy) const {
     if constexpr (Variant::clips) {
       const float v = fmaf(scale, p, shift);
-      return (v >= 0.0f && v <= 1.0f) ? scale * dy : 0.0f;
+      return (v >= 0.0f && v <= 1.0f) ? dy : 0.0f;
     } else {
       return dy;
     }
+  }
+  // sum_k p_k g_k from sum_k p_k h_k.
+  template <class Variant>
+  __device__ __forceinline__ float dot(float gated_dot) const {
+    return Variant::clips ? scale * gated_dot : gated_dot;
+  }
+  // dx_j = p_j (g_j - dot).
+  template <class Variant>
+  __device__ __forceinline__ float gradient(float p, float gated, float dot) const {
+    return Variant::clips ? p * fmaf(scale, gated, -dot) : p * (gated - dot);
   }
 };
 
@@ -313,9 +324,9 @@ __global__ void __launch_bounds__(max_threads_per_block)
     ps.at(k, j, pv);
     dys.at(k, j, dyv);
 #pragma unroll
-    for (int i = 0; i < N; ++i) dot = fmaf(pv[i], affine.upstream<Variant>(pv[i], dyv[i]), dot);
+    for (int i = 0; i < N; ++i) dot = fmaf(pv[i], affine.gated<Variant>(pv[i], dyv[i]), dot);
   });
-  dot = group.reduce(dot, plus_op{}, sum_slots);
+  dot = affine.dot<Variant>(group.reduce(dot, plus_op{}, sum_slots));
   if (group.row >= rows) return;
   T* dx_row = dx + group.row * dx_stride;
   walk(cols, [&](int k, int j) {
@@ -323,7 +334,7 @@ __global__ void __launch_bounds__(max_threads_per_block)
     ps.at(k, j, pv);  // 0 at masked keys
     dys.at(k, j, dyv);
 #pragma unroll
-    for (int i = 0; i < N; ++i) out[i] = pv[i] * (affine.upstream<Variant>(pv[i], dyv[i]) - dot);
+    for (int i = 0; i < N; ++i) out[i] = affine.gradient<Variant>(pv[i], affine.gated<Variant>(pv[i], dyv[i]), dot);
     if (j + N > length) {  // masked keys are exactly 0 even where dot is NaN
 #pragma unroll
       for (int i = 0; i < N; ++i) out[i] = j + i < length ? out[i] : 0.0f;
@@ -338,22 +349,26 @@ template <class Shape, class Variant, class T, class Source>
 __device__ __forceinline__ void backward_from_scores_row(const row_group& group,
                                                          const row_walk<Shape::packet, Shape::cached>& walk,
                                                          const row_affine& affine, int length, int cols,
-                                                         const row_exponentials<Shape, T>& ex, const Source& dys,
-                                                         T* dx_row, float* max_slots, float* sum_slots,
-                                                         float* dot_slots) {
+                                                         row_exponentials<Shape, T>& ex, const Source& dys, T* dx_row,
+                                                         float* max_slots, float* sum_slots, float* dot_slots) {
   constexpr int N = Shape::packet;
   const row_softmax softmax = reduce_softmax<Variant>(group, ex, max_slots, sum_slots);
   const probabilities<Shape, T> probability(ex, softmax);
 
+  // Cached rows: this walk leaves p in place of the exponentials (0 past the length, as they were), so that the
+  // second reads it without a multiply.
   float dot = 0.0f;
   walk(length, [&](int k, int j) {
     float pv[N], dyv[N];
     probability(k, j, pv);
     dys.at(k, j, dyv);
 #pragma unroll
-    for (int i = 0; i < N; ++i) dot = fmaf(pv[i], affine.upstream<Variant>(pv[i], dyv[i]), dot);
+    for (int i = 0; i < N; ++i) {
+      dot = fmaf(pv[i], affine.gated<Variant>(pv[i], dyv[i]), dot);
+      if constexpr (Shape::cached > 0) ex.e[k][i] = pv[i];
+    }
   });
-  dot = group.reduce(dot, plus_op{}, dot_slots);
+  dot = affine.dot<Variant>(group.reduce(dot, plus_op{}, dot_slots));
   if (dx_row == nullptr) return;
   if (softmax.nan) {
     walk(cols, [&](int, int j) { store_nan_packet<N>(dx_row, j, length, cols); });
@@ -361,10 +376,15 @@ __device__ __forceinline__ void backward_from_scores_row(const row_group& group,
   }
   walk(cols, [&](int k, int j) {
     float pv[N], dyv[N], out[N];
-    probability(k, j, pv);  // 0 at masked keys and in a dead row
+    if constexpr (Shape::cached > 0) {
+#pragma unroll
+      for (int i = 0; i < N; ++i) pv[i] = ex.e[k][i];  // 0 at masked keys and in a dead row
+    } else {
+      probability(k, j, pv);
+    }
     dys.at(k, j, dyv);
 #pragma unroll
-    for (int i = 0; i < N; ++i) out[i] = pv[i] * (affine.upstream<Variant>(pv[i], dyv[i]) - dot);
+    for (int i = 0; i < N; ++i) out[i] = affine.gradient<Variant>(pv[i], affine.gated<Variant>(pv[i], dyv[i]), dot);
     if (!(softmax.live && j + N <= length)) {  // masked keys and dead rows are exactly 0, whatever dy holds
 #pragma unroll
       for (int i = 0; i < N; ++i) out[i] = softmax.live && j + i < length ? out[i] : 0.0f;
@@ -385,7 +405,7 @@ __global__ void __launch_bounds__(max_threads_per_block)
   prefetch_rows_ahead<Shape>(group, ahead, lengths, rows, cols, x, x_stride, dy, dy_stride);
   const row_walk<N, Shape::cached> walk(group);
   const int length = clamped_length(lengths, group.row, rows, cols);
-  const row_exponentials<Shape, T> ex(row_pointer(x, x_stride, group.row, rows), length, walk);
+  row_exponentials<Shape, T> ex(row_pointer(x, x_stride, group.row, rows), length, walk);
   const row_source<T, N, Shape::cached> dys(row_pointer(dy, dy_stride, group.row, rows), length, from_float<T>(0.0f),
                                             walk);
   backward_from_scores_row<Shape, Variant>(group, walk, row_affine::from(variant, length), length, cols, ex, dys,
@@ -442,12 +462,18 @@ __global__ void __launch_bounds__(max_threads_per_block, 2)
     return out;
   };
   stage(blockIdx.x);
+  // NCS's affine (a double division) only when the length changes: a block's rows share it but under a causal mask.
+  int affine_length = -1;
+  row_affine affine{};
 #pragma unroll 1
   for (index_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const int length = clamped_length(lengths, row, rows, cols);
-    const row_affine affine = row_affine::from(variant, length);  // before the wait, which covers it
+    if (length != affine_length) {
+      affine = row_affine::from(variant, length);  // before the wait, which covers it
+      affine_length = length;
+    }
     __pipeline_wait_prior(0);
-    const row_exponentials<Shape, T> ex(take(0, length), length, walk);
+    row_exponentials<Shape, T> ex(take(0, length), length, walk);
     const row_source<T, N, C> dys(take(1, length), length);
     stage(row + gridDim.x);  // after this thread's reads of its slots
     backward_from_scores_row<Shape, Variant>(group, walk, affine, length, cols, ex, dys, dx + row * dx_stride,
