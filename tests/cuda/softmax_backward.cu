@@ -117,8 +117,9 @@ TEMPLATE_TEST_CASE("CUDA backward from scores matches the CPU reference", "[cuda
 }
 
 // Long rows (4096 < T <= 8192), aligned, more of them than one wave of blocks holds (264 on an H100: 2 an SM): for
-// 16-bit types the staged kernel (vanilla, CS, off-by-one), whose blocks each walk 1-3 rows, each copying the next
-// into shared memory, with partial last packets, padded and causal rows.
+// 16-bit types the staged kernel (every variant but NCS on full rows, which runs as CS), whose blocks each walk 1-3
+// rows, each copying the next into shared memory, with partial last packets, padded and causal rows (NCS's affine
+// cached across a block's rows of one length, recomputed where the length changes).
 TEMPLATE_TEST_CASE("CUDA backward from scores of many long rows matches the CPU reference",
                    "[cuda][softmax][backward][long]", QSAFE_CUDA_ELEMENTS) {
   QSAFE_TEST_RNG(random);
