@@ -60,9 +60,9 @@ struct softmax_tuning {
   static constexpr double backward_from_scores_prefetch_bytes = sizeof(T) == 2 ? 3 << 20 : 0;
   // Threads per row (a block a row) from which the 16-bit backward from scores runs the staged kernel, which copies
   // a block's next row into shared memory while the current one reduces (softmax_backward_from_scores_staged_kernel).
-  // H100, bench_cuda_softmax --sweep, bf16 T = 8192, TB/s plain -> staged (2026-11-26): vanilla 2.47 -> 2.71,
-  // clipped 2.18 -> 2.29, NCS 2.13 -> 2.22 (its affine computed once per distinct length), NCS causal (a length,
-  // so a double division, each row) 2.07 -> 2.06. T = 2048 (128 threads): not staged.
+  // H100, bench_cuda_softmax --sweep, bf16 T = 8192, TB/s plain -> staged (2026-11-26): vanilla 2.51 -> 2.75,
+  // clipped 2.26 -> 2.36, NCS 2.20 -> 2.31 (its affine computed once per distinct length), NCS causal (a length,
+  // so a double division, each row) 2.12 -> 2.15. T = 2048 (128 threads): not staged.
   template <class T>
   static constexpr int backward_from_scores_staged_threads = sizeof(T) == 2 ? 512 : INT_MAX;
   // Threads per block when several short rows share a block: 256 gives 8 blocks (2048 threads) per SM.
