@@ -462,7 +462,8 @@ __global__ void __launch_bounds__(max_threads_per_block, 2)
     return out;
   };
   stage(blockIdx.x);
-  // NCS's affine (a double division) only when the length changes: a block's rows share it but under a causal mask.
+  // NCS's affine (a double division) only when the length changes from the block's previous row: padded rows of one
+  // length share it, causal rows do not.
   int affine_length = -1;
   row_affine affine{};
 #pragma unroll 1
