@@ -11,7 +11,10 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <iomanip>
 #include <limits>
+#include <sstream>
+#include <string>
 #include <vector>
 
 #include "qsafe/cuda/execution.cuh"
@@ -205,6 +208,18 @@ inline double p_error(double x_minus_m, index_t length) {
   return eps_f32 * (16 + 3 * std::fabs(x_minus_m) + static_cast<double>(length) / 8);
 }
 
+// A row's scores, p and dy for a failure message: every key of a short row, else the key of the largest p.
+inline std::string row_values(const float* x, const float* p, const float* dy, index_t length) {
+  std::ostringstream out;
+  out << std::setprecision(9);
+  index_t top = 0;
+  for (index_t j = 1; j < length; ++j)
+    if (p[j] > p[top]) top = j;
+  for (index_t j = length <= 8 ? 0 : top; j < (length <= 8 ? length : top + 1); ++j)
+    out << "key " << j << ": x " << x[j] << ", p " << p[j] << ", dy " << dy[j] << "; ";
+  return out.str();
+}
+
 // The row max over valid keys (0 if none finite), for the |x - m| in the bounds.
 inline double row_max(const float* x, index_t length) {
   double m = -std::numeric_limits<double>::infinity();
@@ -213,11 +228,15 @@ inline double row_max(const float* x, index_t length) {
 }
 
 // As the host tests: rows where some v = a·p + b lies within rounding of 0 or 1 may have their clip mask decided
-// either way, which changes the whole row's gradient; they are skipped (and counted).
-inline bool mask_is_ambiguous(const reference_params& v, const float* p, index_t length, double p_err) {
+// either way, which changes the whole row's gradient; they are skipped (and counted). A p_j of exactly 1 is exempt
+// where both sides read that p (`shared_p`: the same fma gives the same mask) or the row is one-hot (the gradient
+// does not depend on its mask); recomputed p rounded to 1 beside nonzero p_k is not: its mask decides
+// p_k·(zeta - gamma)·dy_j in the other keys' dx, and v = zeta = 1 there.
+inline bool mask_is_ambiguous(const reference_params& v, const float* p, index_t length, double p_err, bool shared_p) {
   if (!v.clips) return false;
+  const bool one_hot = std::count_if(p, p + length, [](float pj) { return pj != 0; }) == 1;
   for (index_t j = 0; j < length; ++j) {
-    if (p[j] == 0 || p[j] == 1) continue;
+    if (p[j] == 0 || (p[j] == 1 && (shared_p || one_hot))) continue;
     const double affine = static_cast<double>(v.zeta - v.gamma) * p[j] + static_cast<double>(v.gamma);
     const double slack = 4 * (std::fabs(static_cast<double>(v.zeta - v.gamma)) * p[j] * (p_err + eps_f32) +
                               eps_f32 * std::fabs(static_cast<double>(v.gamma)));
