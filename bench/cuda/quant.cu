@@ -1,5 +1,6 @@
 // GPU benchmark of fake-quantization (per tensor and per channel, 8-bit asymmetric): effective bandwidth (forward x ->
-// y two tensors, backward x, dy -> dx three) next to a device copy of the same bytes, CUDA events, median of --repeats.
+// y two tensors, backward x, dy -> dx three) next to a device copy of the same bytes, CUDA events, median of --repeats
+// (per-channel calls also queued back to back, next to a queued copy).
 //
 //   bench_cuda_quant [--elements N] [--repeats R] [--csv FILE]     (CSV: op,variant,dtype,cols,impl,ms,tbps)
 
@@ -23,6 +24,7 @@ namespace {
 
 using qsafe::bench::check;
 using qsafe::bench::median_ms;
+using qsafe::bench::queued_median_ms;
 
 template <class T>
 __global__ void fill_random(T* out, std::size_t n, std::uint32_t seed) {
@@ -51,8 +53,10 @@ void bench_type(const char* dtype, std::size_t n, int repeats, FILE* csv) {
   const qsafe::matrix_view<const T> xv(x, 1, static_cast<qsafe::index_t>(n)),
       dyv(dy, 1, static_cast<qsafe::index_t>(n));
   const qsafe::matrix_view<T> yv(y, 1, static_cast<qsafe::index_t>(n));
-  const double copy = median_ms(
-      repeats, [&] { check(cudaMemcpyAsync(y, x, n * sizeof(T), cudaMemcpyDeviceToDevice), "cudaMemcpyAsync"); });
+  const auto copy_once = [&] {
+    check(cudaMemcpyAsync(y, x, n * sizeof(T), cudaMemcpyDeviceToDevice), "cudaMemcpyAsync");
+  };
+  const double copy = median_ms(repeats, copy_once), copy_queued = queued_median_ms(repeats, copy_once);
   const double fwd = median_ms(repeats, [&] { qsafe::fake_quantize(qsafe::cuda_t{}, xv, p, yv); });
   const double bwd = median_ms(repeats, [&] { qsafe::fake_quantize_backward(qsafe::cuda_t{}, xv, p, dyv, yv); });
   check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
@@ -61,10 +65,11 @@ void bench_type(const char* dtype, std::size_t n, int repeats, FILE* csv) {
   const auto cols = qsafe::index_t{4096}, rows = static_cast<qsafe::index_t>(n) / cols;
   const qsafe::matrix_view<const T> xm(x, rows, cols), dym(dy, rows, cols);
   const qsafe::matrix_view<T> ym(y, rows, cols);
-  // Per-channel calls with a workspace (the parameters' upload is then asynchronous); the forward without one too.
+  // Per-channel calls with a workspace (the parameters' upload is then asynchronous), one at a time from an idle
+  // stream (the host's conversion and upload in the figure) and queued back to back; the forward without one too.
   qsafe::cuda_workspace workspace;
   const qsafe::cuda_t gpu{nullptr, &workspace};
-  double channel_fwd[2], channel_bwd[2], channel_fwd_plain[2];
+  double channel_fwd[2], channel_bwd[2], channel_fwd_plain[2], queued_fwd[2], queued_bwd[2];
   for (const qsafe::channel_axis axis : {qsafe::channel_axis::column, qsafe::channel_axis::row}) {
     const qsafe::index_t channels = 4096;  // columns, or rows r % 4096 (a weight's output channels)
     std::vector<qsafe::quant_params> params;
@@ -77,6 +82,8 @@ void bench_type(const char* dtype, std::size_t n, int repeats, FILE* csv) {
     channel_fwd[a] = median_ms(repeats, [&] { qsafe::fake_quantize(gpu, xm, ps, axis, ym); });
     channel_bwd[a] = median_ms(repeats, [&] { qsafe::fake_quantize_backward(gpu, xm, ps, axis, dym, ym); });
     channel_fwd_plain[a] = median_ms(repeats, [&] { qsafe::fake_quantize(qsafe::cuda_t{}, xm, ps, axis, ym); });
+    queued_fwd[a] = queued_median_ms(repeats, [&] { qsafe::fake_quantize(gpu, xm, ps, axis, ym); });
+    queued_bwd[a] = queued_median_ms(repeats, [&] { qsafe::fake_quantize_backward(gpu, xm, ps, axis, dym, ym); });
   }
   check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
   const double c = 2 * bytes / copy * 1e-9, f = 2 * bytes / fwd * 1e-9, b = 3 * bytes / bwd * 1e-9;
@@ -90,6 +97,14 @@ void bench_type(const char* dtype, std::size_t n, int repeats, FILE* csv) {
         "%-9s per channel, %-14s fake_quantize %6.3f TB/s (%5.1f%%) | backward %6.3f TB/s (%5.1f%%) | forward "
         "without a workspace %6.3f TB/s (%5.1f%%)\n",
         dtype, a == 0 ? "4096 columns" : "4096 rows", cf, 100 * cf / c, cb, 100 * cb / c, cp, 100 * cp / c);
+  }
+  const double cq = 2 * bytes / copy_queued * 1e-9;
+  for (int a = 0; a < 2; ++a) {
+    const double qf = 2 * bytes / queued_fwd[a] * 1e-9, qb = 3 * bytes / queued_bwd[a] * 1e-9;
+    std::printf(
+        "%-9s per channel, %-14s queued back to back: fake_quantize %6.3f TB/s (%5.1f%%) | backward %6.3f TB/s "
+        "(%5.1f%%) | a queued copy %6.3f TB/s\n",
+        dtype, a == 0 ? "4096 columns" : "4096 rows", qf, 100 * qf / cq, qb, 100 * qb / cq, cq);
   }
   // LSQ backward (x, dy -> dx; d scale / d zero point to the host) and the fused error metrics (x read once; the
   // sums to the host), per tensor and per channel along the 4096 columns, with a workspace: each call ends with the
