@@ -229,9 +229,10 @@ inline double row_max(const float* x, index_t length) {
 
 // As the host tests: rows where some v = a·p + b lies within rounding of 0 or 1 may have their clip mask decided
 // either way, which changes the whole row's gradient; they are skipped (and counted). A p_j of exactly 1 is exempt
-// where both sides read that p (`shared_p`: the same fma gives the same mask) or the row is one-hot (the gradient
-// does not depend on its mask); recomputed p rounded to 1 beside nonzero p_k is not: its mask decides
-// p_k·(zeta - gamma)·dy_j in the other keys' dx, and v = zeta = 1 there.
+// where both sides read that p (`shared_p`: the GPU's float v and the reference's double v agree at p = 1 for the
+// tests' variants at every L up to 8192; docs/softmax.md) or the row is one-hot (the gradient does not depend on
+// its mask); recomputed p rounded to 1 beside nonzero p_k is not: its mask decides p_k·(zeta - gamma)·dy_j in the
+// other keys' dx, and v = zeta = 1 there.
 inline bool mask_is_ambiguous(const reference_params& v, const float* p, index_t length, double p_err, bool shared_p) {
   if (!v.clips) return false;
   const bool one_hot = std::count_if(p, p + length, [](float pj) { return pj != 0; }) == 1;
