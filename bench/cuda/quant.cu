@@ -1,6 +1,6 @@
 // GPU benchmark of fake-quantization (per tensor and per channel, 8-bit asymmetric): effective bandwidth (forward x ->
 // y two tensors, backward x, dy -> dx three) next to a device copy of the same bytes, CUDA events, median of --repeats
-// (per-channel calls also queued back to back, next to a queued copy).
+// (per-channel calls also queued back to back, next to a queued copy, and with the parameters held on the device).
 //
 //   bench_cuda_quant [--elements N] [--repeats R] [--csv FILE]     (CSV: op,variant,dtype,cols,impl,ms,tbps)
 
@@ -69,7 +69,8 @@ void bench_type(const char* dtype, std::size_t n, int repeats, FILE* csv) {
   // stream (the host's conversion and upload in the figure) and queued back to back; the forward without one too.
   qsafe::cuda_workspace workspace;
   const qsafe::cuda_t gpu{nullptr, &workspace};
-  double channel_fwd[2], channel_bwd[2], channel_fwd_plain[2], queued_fwd[2], queued_bwd[2];
+  double channel_fwd[2], channel_bwd[2], channel_fwd_plain[2], queued_fwd[2], queued_bwd[2], resident_fwd[2],
+      resident_bwd[2];
   for (const qsafe::channel_axis axis : {qsafe::channel_axis::column, qsafe::channel_axis::row}) {
     const qsafe::index_t channels = 4096;  // columns, or rows r % 4096 (a weight's output channels)
     std::vector<qsafe::quant_params> params;
@@ -84,6 +85,10 @@ void bench_type(const char* dtype, std::size_t n, int repeats, FILE* csv) {
     channel_fwd_plain[a] = median_ms(repeats, [&] { qsafe::fake_quantize(qsafe::cuda_t{}, xm, ps, axis, ym); });
     queued_fwd[a] = queued_median_ms(repeats, [&] { qsafe::fake_quantize(gpu, xm, ps, axis, ym); });
     queued_bwd[a] = queued_median_ms(repeats, [&] { qsafe::fake_quantize_backward(gpu, xm, ps, axis, dym, ym); });
+    const qsafe::cuda_channel_params resident(ps);
+    resident_fwd[a] = median_ms(repeats, [&] { qsafe::fake_quantize(qsafe::cuda_t{}, xm, resident, axis, ym); });
+    resident_bwd[a] =
+        median_ms(repeats, [&] { qsafe::fake_quantize_backward(qsafe::cuda_t{}, xm, resident, axis, dym, ym); });
   }
   check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
   const double c = 2 * bytes / copy * 1e-9, f = 2 * bytes / fwd * 1e-9, b = 3 * bytes / bwd * 1e-9;
@@ -105,6 +110,13 @@ void bench_type(const char* dtype, std::size_t n, int repeats, FILE* csv) {
         "%-9s per channel, %-14s queued back to back: fake_quantize %6.3f TB/s (%5.1f%%) | backward %6.3f TB/s "
         "(%5.1f%%) | a queued copy %6.3f TB/s\n",
         dtype, a == 0 ? "4096 columns" : "4096 rows", qf, 100 * qf / cq, qb, 100 * qb / cq, cq);
+  }
+  for (int a = 0; a < 2; ++a) {
+    const double rf = 2 * bytes / resident_fwd[a] * 1e-9, rb = 3 * bytes / resident_bwd[a] * 1e-9;
+    std::printf(
+        "%-9s per channel, %-14s parameters on the device (cuda_channel_params): fake_quantize %6.3f TB/s (%5.1f%%) | "
+        "backward %6.3f TB/s (%5.1f%%)\n",
+        dtype, a == 0 ? "4096 columns" : "4096 rows", rf, 100 * rf / c, rb, 100 * rb / c);
   }
   // LSQ backward (x, dy -> dx; d scale / d zero point to the host) and the fused error metrics (x read once; the
   // sums to the host), per tensor and per channel along the 4096 columns, with a workspace: each call ends with the

@@ -251,12 +251,12 @@ struct column_param_storage {
   }
 };
 
-inline void check_channels(std::string_view function, std::span<const quant_params> params, channel_axis axis,
-                           index_t rows, index_t cols) {
+// The axis and the number of channels (`params`' entries) against the matrix's shape.
+inline void check_channel_count(std::string_view function, index_t channels, channel_axis axis, index_t rows,
+                                index_t cols) {
   if (axis != channel_axis::row && axis != channel_axis::column) {
     fail(function, "axis", "is not a channel_axis value (" + std::to_string(static_cast<int>(axis)) + ")");
   }
-  const auto channels = static_cast<index_t>(params.size());
   if (axis == channel_axis::column && channels != cols) {
     fail(function, "params",
          "has " + std::to_string(channels) + " entries but the channel axis (columns) has " + std::to_string(cols));
@@ -266,6 +266,11 @@ inline void check_channels(std::string_view function, std::span<const quant_para
          "has " + std::to_string(channels) + " entries, which must be positive and divide the rows (" +
              std::to_string(rows) + ")");
   }
+}
+
+inline void check_channels(std::string_view function, std::span<const quant_params> params, channel_axis axis,
+                           index_t rows, index_t cols) {
+  check_channel_count(function, static_cast<index_t>(params.size()), axis, rows, cols);
   check_each_params(function, "params", params);
 }
 

@@ -177,6 +177,15 @@ TEMPLATE_TEST_CASE("CUDA per-channel fake_quantize and its backward equal the CP
       fake_quantize(cpu, x.host_view(), std::span<const quant_params>(params), axis, wy);
       fake_quantize_backward(cpu, x.host_view(), std::span<const quant_params>(params), axis, dy.host_view(), wdx);
       checked += require_same_bits(x, y, dx, wy, wdx);
+      // The same parameters held on the device (cuda_channel_params): the same bits.
+      const cuda_channel_params resident{std::span<const quant_params>(params)};
+      test_matrix<T> y_resident(s), dx_resident(s);
+      fake_quantize(cuda_t{}, x.cview(), resident, axis, y_resident.view());
+      fake_quantize_backward(cuda_t{}, x.cview(), resident, axis, dy.cview(), dx_resident.view());
+      check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+      REQUIRE(y_resident.download());
+      REQUIRE(dx_resident.download());
+      checked += require_same_bits(x, y_resident, dx_resident, wy, wdx);
     }
   }
   CHECK(checked > 1000);
@@ -189,6 +198,23 @@ TEMPLATE_TEST_CASE("CUDA per-channel fake_quantize and its backward equal the CP
   CHECK_THROWS_WITH(
       fake_quantize(cuda_t{}, x.cview(), std::span<const quant_params>(three), channel_axis::row, y.view()),
       Contains("'params'") && Contains("divide"));
+  // Held on the device: checked when built, counted when used; a moved-from object holds no channels.
+  std::vector<quant_params> one_bad(2);
+  one_bad[1].scale = -1.0;
+  CHECK_THROWS_WITH(cuda_channel_params{std::span<const quant_params>(one_bad)},
+                    Contains("cuda_channel_params") && Contains("params[1]"));
+  CHECK_THROWS_WITH(cuda_channel_params{std::span<const quant_params>()},
+                    Contains("cuda_channel_params") && Contains("'params'"));
+  cuda_channel_params resident_three{std::span<const quant_params>(three)};
+  CHECK(resident_three.size() == 3);
+  CHECK_THROWS_WITH(fake_quantize(cuda_t{}, x.cview(), resident_three, channel_axis::column, y.view()),
+                    Contains("fake_quantize") && Contains("'params'"));
+  CHECK_THROWS_WITH(fake_quantize(cuda_t{}, x.cview(), resident_three, channel_axis::row, y.view()),
+                    Contains("'params'") && Contains("divide"));
+  const cuda_channel_params moved = std::move(resident_three);
+  CHECK(moved.size() == 3);
+  CHECK_THROWS_WITH(fake_quantize_backward(cuda_t{}, x.cview(), resident_three, channel_axis::row, x.cview(), y.view()),
+                    Contains("fake_quantize_backward") && Contains("'params'"));
   check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
   CHECK(y.download());
   for (const float v : y.host) CHECK(v == test_matrix<T>::poison());
@@ -259,6 +285,28 @@ TEMPLATE_TEST_CASE("CUDA fake_quantize walks of many packets per thread equal th
     INFO("first mismatch: " << first);
     CHECK(wrong == 0);
   }
+}
+
+TEST_CASE("docs/quantization.md snippet: per-channel parameters held on the device", "[cuda][quant][doc]") {
+  QSAFE_TEST_RNG(random);
+  test_matrix<float> data(gpu_shape{5, 8, 8, 0}), out(gpu_shape{5, 8, 8, 0});
+  fill_normal(random, data);
+  std::vector<quant_params> per_channel;
+  for (int c = 0; c < 8; ++c)
+    per_channel.push_back(make_qparams<float>({-1.0 - 0.25 * c, 1.0}, 8, quant_mode::asymmetric));
+  cudaStream_t stream = nullptr;
+  const matrix_view<const float> x = data.cview();
+  const matrix_view<float> y = out.view();
+  // As written in the docs:
+  const qsafe::cuda_channel_params w(per_channel);  // a std::vector of quant_params; once
+  qsafe::fake_quantize(qsafe::cuda_t{stream}, x, w, qsafe::channel_axis::column, y);  // every step
+  check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+  REQUIRE(out.download());
+  std::vector<float> want(data.host.size());
+  fake_quantize(cpu, std::as_const(data).host_view(), std::span<const quant_params>(per_channel), channel_axis::column,
+                matrix_view<float>(want.data(), 5, 8));
+  for (index_t r = 0; r < 5; ++r)
+    for (index_t c = 0; c < 8; ++c) CHECK(same_bits(out(r, c), want[static_cast<std::size_t>(r * 8 + c)]));
 }
 
 TEST_CASE("CUDA per-channel fake_quantize calls queued through one workspace each use their own parameters",

@@ -10,6 +10,7 @@
 #include <string_view>
 #include <tuple>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "qsafe/cuda/execution.cuh"
@@ -140,16 +141,36 @@ class device_channel_params {
   bool owned_ = false;
 };
 
-// Calls f(params) with the kernels' form of per-channel parameters along `axis`.
+// Calls f(params) with the kernels' view of `channels` per-channel parameters on the device along `axis`.
+template <class F>
+void with_device_channel_params(const code_params* data, std::size_t channels, channel_axis axis, F&& f) {
+  if (axis == channel_axis::column) {
+    f(column_channel_params{data, static_cast<int>(channels)});
+  } else {
+    f(row_channel_params{data, static_cast<index_t>(channels)});
+  }
+}
+
+// Calls f(params) with the kernels' form of per-channel parameters along `axis`, uploaded for this call.
 template <class F>
 void with_channel_params(std::string_view function, const cuda_t& policy, std::span<const quant_params> params,
                          channel_axis axis, F&& f) {
   const device_channel_params on_device(function, policy, params);
-  if (axis == channel_axis::column) {
-    f(column_channel_params{on_device.data(), static_cast<int>(params.size())});
-  } else {
-    f(row_channel_params{on_device.data(), static_cast<index_t>(params.size())});
-  }
+  with_device_channel_params(on_device.data(), params.size(), axis, std::forward<F>(f));
+}
+
+// New device memory holding the kernels' form of `params` (checked by the caller), copied synchronously: it is built
+// once and read by many calls. The caller frees it with cudaFree.
+inline code_params* upload_channel_params(std::string_view function, std::span<const quant_params> params) {
+  std::vector<code_params> host(params.size());
+  for (std::size_t c = 0; c < params.size(); ++c) host[c] = to_code_params(to_lanes<float>(params[c]));
+  const std::size_t bytes = host.size() * sizeof(code_params);
+  code_params* data = nullptr;
+  check(cudaMalloc(&data, bytes), function, "cudaMalloc(params)");
+  const cudaError_t copied = cudaMemcpy(data, host.data(), bytes, cudaMemcpyHostToDevice);
+  if (copied != cudaSuccess) cudaFree(data);
+  check(copied, function, "cudaMemcpy(params)");
+  return data;
 }
 
 }  // namespace qsafe::detail::cuda
