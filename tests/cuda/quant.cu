@@ -211,8 +211,12 @@ TEMPLATE_TEST_CASE("CUDA per-channel fake_quantize and its backward equal the CP
                     Contains("fake_quantize") && Contains("'params'"));
   CHECK_THROWS_WITH(fake_quantize(cuda_t{}, x.cview(), resident_three, channel_axis::row, y.view()),
                     Contains("'params'") && Contains("divide"));
-  const cuda_channel_params moved = std::move(resident_three);
+  cuda_channel_params moved = std::move(resident_three);
   CHECK(moved.size() == 3);
+  cuda_channel_params six{std::span<const quant_params>(std::vector<quant_params>(6))};
+  moved = std::move(six);  // frees the three, takes the six
+  CHECK(moved.size() == 6);
+  CHECK(six.size() == 0);
   CHECK_THROWS_WITH(fake_quantize_backward(cuda_t{}, x.cview(), resident_three, channel_axis::row, x.cview(), y.view()),
                     Contains("fake_quantize_backward") && Contains("'params'"));
   check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");

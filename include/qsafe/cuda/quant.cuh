@@ -79,8 +79,11 @@ class cuda_channel_params {
   cuda_channel_params(cuda_channel_params&& other) noexcept
       : data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
   cuda_channel_params& operator=(cuda_channel_params&& other) noexcept {
-    std::swap(data_, other.data_);
-    std::swap(size_, other.size_);
+    if (this != &other) {
+      if (data_ != nullptr) cudaFree(data_);
+      data_ = std::exchange(other.data_, nullptr);
+      size_ = std::exchange(other.size_, 0);
+    }
     return *this;
   }
   cuda_channel_params(const cuda_channel_params&) = delete;
@@ -91,7 +94,7 @@ class cuda_channel_params {
 
   /// The number of channels.
   std::size_t size() const noexcept { return size_; }
-  /// The device copy, in the kernels' form.
+  /// The device copy, in the kernels' form (what qsafe's calls read).
   const detail::cuda::code_params* data() const noexcept { return data_; }
 
  private:
