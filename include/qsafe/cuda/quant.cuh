@@ -22,6 +22,7 @@
 #include <climits>
 #include <cstddef>
 #include <span>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 
@@ -102,6 +103,55 @@ class cuda_channel_params {
   std::size_t size_ = 0;
 };
 
+namespace detail {
+
+// check_channels for parameters held on the device: their values were checked when they were built.
+inline void check_channels(std::string_view function, const cuda_channel_params& params, channel_axis axis,
+                           index_t rows, index_t cols) {
+  check_channel_count(function, static_cast<index_t>(params.size()), axis, rows, cols);
+}
+
+namespace cuda {
+
+template <class F>
+void with_channel_params(std::string_view, const cuda_t&, const cuda_channel_params& params, channel_axis axis, F&& f) {
+  with_device_channel_params(params.data(), params.size(), axis, std::forward<F>(f));
+}
+
+// The per-channel calls' checks and launch, for parameters given as a span (uploaded by the call) or held on the
+// device (cuda_channel_params).
+template <class T, class Channels>
+void fake_quantize_channels(const cuda_t& policy, matrix_view<const T> x, const Channels& params, channel_axis axis,
+                            matrix_view<T> y, const fake_quant_options& options) {
+  check_view("fake_quantize", "x", x);
+  check_same_shape("fake_quantize", "y", y, "x", x);
+  check_channels("fake_quantize", params, axis, x.rows, x.cols);
+  check_options("fake_quantize", options);
+  if (x.cols > INT_MAX / 2) fail("fake_quantize", "x", "has more than INT_MAX / 2 columns");
+  if (x.empty()) return;
+  with_channel_params("fake_quantize", policy, params, axis,
+                      [&](const auto& p) { detail::cuda::fake_quantize(policy.stream, p, x, y, options); });
+}
+
+template <class T, class Channels>
+void fake_quantize_backward_channels(const cuda_t& policy, matrix_view<const T> x, const Channels& params,
+                                     channel_axis axis, matrix_view<const T> dy, matrix_view<T> dx,
+                                     const fake_quant_options& options) {
+  check_view("fake_quantize_backward", "x", x);
+  check_same_shape("fake_quantize_backward", "dy", dy, "x", x);
+  check_same_shape("fake_quantize_backward", "dx", dx, "x", x);
+  check_channels("fake_quantize_backward", params, axis, x.rows, x.cols);
+  check_options("fake_quantize_backward", options);
+  if (x.cols > INT_MAX / 2) fail("fake_quantize_backward", "x", "has more than INT_MAX / 2 columns");
+  if (x.empty()) return;
+  with_channel_params("fake_quantize_backward", policy, params, axis, [&](const auto& p) {
+    detail::cuda::fake_quantize_backward(policy.stream, p, x, dy, dx, options);
+  });
+}
+
+}  // namespace cuda
+}  // namespace detail
+
 /// Fake-quantize per channel: column j takes `params[j]` (`channel_axis::column`, params.size() == cols), or row r
 /// takes `params[r % params.size()]` (`channel_axis::row`), as the host function. The parameters are copied to the
 /// device first: with `policy.workspace`, through its pinned and device memory, asynchronously (a call waits only
@@ -112,15 +162,7 @@ template <cuda_element T>
 void fake_quantize(const cuda_t& policy, matrix_view<const std::type_identity_t<T>> x,
                    std::span<const quant_params> params, channel_axis axis, matrix_view<T> y,
                    const fake_quant_options& options = {}) {
-  detail::check_view("fake_quantize", "x", x);
-  detail::check_same_shape("fake_quantize", "y", y, "x", x);
-  detail::check_channels("fake_quantize", params, axis, x.rows, x.cols);
-  detail::check_options("fake_quantize", options);
-  if (x.cols > INT_MAX / 2) detail::fail("fake_quantize", "x", "has more than INT_MAX / 2 columns");
-  if (x.empty()) return;
-  detail::cuda::with_channel_params("fake_quantize", policy, params, axis, [&](const auto& p) {
-    detail::cuda::fake_quantize(policy.stream, p, x, y, options);
-  });
+  detail::cuda::fake_quantize_channels(policy, x, params, axis, y, options);
 }
 
 /// Straight-through backward per channel (parameters as for the per-channel fake_quantize).
@@ -129,16 +171,7 @@ void fake_quantize_backward(const cuda_t& policy, matrix_view<const std::type_id
                             std::span<const quant_params> params, channel_axis axis,
                             matrix_view<const std::type_identity_t<T>> dy, matrix_view<T> dx,
                             const fake_quant_options& options = {}) {
-  detail::check_view("fake_quantize_backward", "x", x);
-  detail::check_same_shape("fake_quantize_backward", "dy", dy, "x", x);
-  detail::check_same_shape("fake_quantize_backward", "dx", dx, "x", x);
-  detail::check_channels("fake_quantize_backward", params, axis, x.rows, x.cols);
-  detail::check_options("fake_quantize_backward", options);
-  if (x.cols > INT_MAX / 2) detail::fail("fake_quantize_backward", "x", "has more than INT_MAX / 2 columns");
-  if (x.empty()) return;
-  detail::cuda::with_channel_params("fake_quantize_backward", policy, params, axis, [&](const auto& p) {
-    detail::cuda::fake_quantize_backward(policy.stream, p, x, dy, dx, options);
-  });
+  detail::cuda::fake_quantize_backward_channels(policy, x, params, axis, dy, dx, options);
 }
 
 /// Per-channel fake_quantize with the parameters already on the device (no host work but the views' checks).
@@ -146,15 +179,7 @@ template <cuda_element T>
 void fake_quantize(const cuda_t& policy, matrix_view<const std::type_identity_t<T>> x,
                    const cuda_channel_params& params, channel_axis axis, matrix_view<T> y,
                    const fake_quant_options& options = {}) {
-  detail::check_view("fake_quantize", "x", x);
-  detail::check_same_shape("fake_quantize", "y", y, "x", x);
-  detail::check_channel_count("fake_quantize", static_cast<index_t>(params.size()), axis, x.rows, x.cols);
-  detail::check_options("fake_quantize", options);
-  if (x.cols > INT_MAX / 2) detail::fail("fake_quantize", "x", "has more than INT_MAX / 2 columns");
-  if (x.empty()) return;
-  detail::cuda::with_device_channel_params(params.data(), params.size(), axis, [&](const auto& p) {
-    detail::cuda::fake_quantize(policy.stream, p, x, y, options);
-  });
+  detail::cuda::fake_quantize_channels(policy, x, params, axis, y, options);
 }
 
 /// Per-channel straight-through backward with the parameters already on the device.
@@ -163,16 +188,7 @@ void fake_quantize_backward(const cuda_t& policy, matrix_view<const std::type_id
                             const cuda_channel_params& params, channel_axis axis,
                             matrix_view<const std::type_identity_t<T>> dy, matrix_view<T> dx,
                             const fake_quant_options& options = {}) {
-  detail::check_view("fake_quantize_backward", "x", x);
-  detail::check_same_shape("fake_quantize_backward", "dy", dy, "x", x);
-  detail::check_same_shape("fake_quantize_backward", "dx", dx, "x", x);
-  detail::check_channel_count("fake_quantize_backward", static_cast<index_t>(params.size()), axis, x.rows, x.cols);
-  detail::check_options("fake_quantize_backward", options);
-  if (x.cols > INT_MAX / 2) detail::fail("fake_quantize_backward", "x", "has more than INT_MAX / 2 columns");
-  if (x.empty()) return;
-  detail::cuda::with_device_channel_params(params.data(), params.size(), axis, [&](const auto& p) {
-    detail::cuda::fake_quantize_backward(policy.stream, p, x, dy, dx, options);
-  });
+  detail::cuda::fake_quantize_backward_channels(policy, x, params, axis, dy, dx, options);
 }
 
 }  // namespace qsafe

@@ -102,6 +102,11 @@ void fake_quantize_backward(cudaStream_t stream, const Params& p, matrix_view<co
   });
 }
 
+// The kernels' fp32 form of per-channel parameters, into `out`.
+inline void convert_channel_params(std::span<const quant_params> params, code_params* out) {
+  for (std::size_t c = 0; c < params.size(); ++c) out[c] = to_code_params(to_lanes<float>(params[c]));
+}
+
 // Per-channel parameters on the device for one launch, in the kernels' fp32 form (code_params). With a workspace:
 // staged in its pinned memory and copied into its device memory, asynchronously (the workspace is used on one stream,
 // so the next call's copy is ordered after this launch). Without one: copied from pageable memory into memory allocated
@@ -122,7 +127,7 @@ class device_channel_params {
       check(cudaMallocAsync(&data_, bytes, stream_), function, "cudaMallocAsync(params)");
       owned_ = true;
     }
-    for (std::size_t c = 0; c < params.size(); ++c) staging[c] = to_code_params(to_lanes<float>(params[c]));
+    convert_channel_params(params, staging);
     const cudaError_t copied = cudaMemcpyAsync(data_, staging, bytes, cudaMemcpyHostToDevice, stream_);
     if (copied != cudaSuccess && owned_) cudaFreeAsync(data_, stream_);  // no destructor runs after a throw here
     check(copied, function, "cudaMemcpyAsync(params)");
@@ -163,7 +168,7 @@ void with_channel_params(std::string_view function, const cuda_t& policy, std::s
 // once and read by many calls. The caller frees it with cudaFree.
 inline code_params* upload_channel_params(std::string_view function, std::span<const quant_params> params) {
   std::vector<code_params> host(params.size());
-  for (std::size_t c = 0; c < params.size(); ++c) host[c] = to_code_params(to_lanes<float>(params[c]));
+  convert_channel_params(params, host.data());
   const std::size_t bytes = host.size() * sizeof(code_params);
   code_params* data = nullptr;
   check(cudaMalloc(&data, bytes), function, "cudaMalloc(params)");
